@@ -1,0 +1,271 @@
+"""The data path: find inputs -> read -> process -> write atomically -> record the outcome."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+
+from imgproc.config import OutputSettings
+from imgproc.errors import ImageError, UsageError
+from imgproc.images import SUFFIX_FORMATS, TEMP_SUFFIX, Picture, output_suffix, read_image, \
+    write_image
+from imgproc.processor import Processor
+from imgproc.runtime import Runtime
+
+Status = Literal["done", "skipped", "failed"]
+log = structlog.get_logger("imgproc.batch")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output to make from one input per processor input (merge takes two)."""
+
+    inputs: tuple[Path, ...]
+    output: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one job (or to an entry that never became a job)."""
+
+    inputs: tuple[Path, ...]
+    output: Path | None
+    status: Status
+    reason: str | None = None
+    ms: float = 0.0
+    provider: str = "none"
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        data = asdict(self)
+        data["inputs"] = [str(p) for p in self.inputs]
+        data["output"] = str(self.output) if self.output else None
+        data["ms"] = round(self.ms, 2)
+        return data
+
+
+@dataclass
+class Plan:
+    """The jobs to run, and the entries set aside while finding them."""
+
+    jobs: list[Job] = field(default_factory=list)
+    rejected: list[Outcome] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    """Every outcome of a batch, in input order."""
+
+    outcomes: list[Outcome]
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        """Return how many outcomes have `status`."""
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        """Return 0 when nothing failed, 1 otherwise."""
+        return 1 if self.count("failed") else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the machine-readable summary printed by `imgproc run --json`."""
+        return {"done": self.count("done"), "skipped": self.count("skipped"),
+                "failed": self.count("failed"), "seconds": round(self.seconds, 3),
+                "outcomes": [o.to_json() for o in self.outcomes]}
+
+
+# -- find inputs ------------------------------------------------------------------------------
+
+def plan_batch(inputs: Sequence[Path], outdir: Path, *, arity: int = 1, recursive: bool = False,
+               fmt: str = "same") -> Plan:
+    """Return the jobs for `inputs`: outputs mirror each input's relative path under `outdir`."""
+    plan = Plan()
+    if arity == 1:
+        for root in inputs:
+            for rel_inputs, rel in _entries(root, outdir, recursive, plan):
+                plan.jobs.append(Job(rel_inputs, outdir / rel.with_suffix(
+                    output_suffix(rel, fmt))))
+    else:
+        _pair(inputs, outdir, arity, recursive, fmt, plan)
+    _reject_conflicts(plan)
+    return plan
+
+
+def _entries(root: Path, outdir: Path, recursive: bool,
+             plan: Plan) -> Iterator[tuple[tuple[Path], Path]]:
+    if root.is_dir() and not root.is_symlink():
+        for path in _scan(root, outdir, recursive, plan):
+            yield (path,), path.relative_to(root)
+    elif root.is_symlink() and not root.exists():
+        plan.rejected.append(Outcome((root,), None, "failed", "broken symlink"))
+    elif root.exists():
+        # A file named on the command line is taken as given, symlink or not (like cp -H).
+        yield (root,), Path(root.name)
+    else:
+        plan.rejected.append(Outcome((root,), None, "failed", "no such file or directory"))
+
+
+def _scan(root: Path, outdir: Path, recursive: bool, plan: Plan) -> list[Path]:
+    found: list[Path] = []
+    skip_dir = outdir.resolve()
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        for name in sorted(files + dirs):
+            _consider(here / name, recursive, plan, found)
+        # Never descend into the output folder, hidden folders or symlinked folders.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (here / d).resolve() != skip_dir and not (here / d).is_symlink())
+        if not recursive:
+            break
+    return sorted(found)
+
+
+def _consider(path: Path, recursive: bool, plan: Plan, found: list[Path]) -> None:
+    if path.name.startswith(".") or path.name.endswith(TEMP_SUFFIX):
+        return
+    if path.suffix.lower() not in SUFFIX_FORMATS:
+        return
+    if path.is_symlink():
+        plan.rejected.append(Outcome((path,), None, "skipped",
+                                     "symlink not followed in a folder scan (name it directly)"))
+    elif path.is_dir():
+        if not recursive:
+            plan.rejected.append(Outcome((path,), None, "skipped",
+                                         "is a directory named like an image"))
+    else:
+        found.append(path)
+
+
+def _pair(inputs: Sequence[Path], outdir: Path, arity: int, recursive: bool, fmt: str,
+          plan: Plan) -> None:
+    if len(inputs) != arity:
+        raise UsageError(f"this processor takes {arity} inputs (files or folders), "
+                         f"got {len(inputs)}")
+    if all(p.is_file() for p in inputs):
+        first = inputs[0]
+        plan.jobs.append(Job(tuple(inputs), outdir / Path(first.name).with_suffix(
+            output_suffix(first, fmt))))
+        return
+    if not all(p.is_dir() for p in inputs):
+        raise UsageError("inputs must be all files or all folders: "
+                         + ", ".join(str(p) for p in inputs))
+    tables = [{p.relative_to(r).with_suffix(""): p for p in _scan(r, outdir, recursive, plan)}
+              for r in inputs]
+    for key in sorted(set().union(*tables)):
+        members = [t.get(key) for t in tables]
+        if any(m is None for m in members):
+            missing = [str(r) for r, m in zip(inputs, members, strict=True) if m is None]
+            present = next(m for m in members if m is not None)
+            plan.rejected.append(Outcome((present,), None, "skipped",
+                                         f"no partner in {', '.join(missing)}"))
+            continue
+        rel = members[0].relative_to(inputs[0])  # type: ignore[union-attr]
+        plan.jobs.append(Job(tuple(members), outdir / rel.with_suffix(  # type: ignore[arg-type]
+            output_suffix(rel, fmt))))
+
+
+def _reject_conflicts(plan: Plan) -> None:
+    sources = {p.resolve() for job in plan.jobs for p in job.inputs}
+    claimed: dict[Path, Job] = {}
+    kept: list[Job] = []
+    for job in plan.jobs:
+        target = job.output.resolve()
+        if target in sources:
+            plan.rejected.append(Outcome(job.inputs, job.output, "failed",
+                                         "output would overwrite an input"))
+        elif target in claimed:
+            plan.rejected.append(Outcome(job.inputs, job.output, "failed",
+                                         f"output name collides with {claimed[target].inputs[0]}"))
+        else:
+            claimed[target] = job
+            kept.append(job)
+    plan.jobs = kept
+
+
+# -- read, process, write, record -------------------------------------------------------------
+
+def process_one(job: Job, processor: Processor, options: dict[str, Any], runtime: Runtime,
+                output: OutputSettings) -> Outcome:
+    """Return the outcome of running `processor` on one job; image errors become `failed`."""
+    start = time.perf_counter()
+    context = runtime.context(processor)
+    try:
+        pictures = [read_image(p, max_pixels=runtime.settings.max_image_pixels)
+                    for p in job.inputs]
+        result = _run(processor, pictures, options, context, job.inputs[0])
+        notes = write_image(job.output, result, jpeg_quality=output.jpeg_quality,
+                            webp_quality=output.webp_quality)
+    except ImageError as exc:
+        ms = (time.perf_counter() - start) * 1000
+        log.warning("image failed", path=str(exc.path), plugin=processor.name,
+                    reason=exc.reason, ms=round(ms, 1), provider=context.provider)
+        return Outcome(job.inputs, job.output, "failed", exc.reason, ms, context.provider)
+    ms = (time.perf_counter() - start) * 1000
+    log.info("image done", path=str(job.inputs[0]), output=str(job.output),
+             plugin=processor.name, ms=round(ms, 1), provider=context.provider,
+             **({"notes": notes} if notes else {}))
+    return Outcome(job.inputs, job.output, "done", None, ms, context.provider)
+
+
+def _run(processor: Processor, pictures: list[Picture], options: dict[str, Any],
+         context: Any, path: Path) -> Picture:
+    try:
+        pixels = processor.process([p.pixels for p in pictures], options=dict(options),
+                                   context=context)
+    except ImageError:
+        raise
+    except Exception as exc:  # a plugin bug fails this image, never the batch
+        raise ImageError(path, f"{processor.name} failed: {type(exc).__name__}: {exc}") from exc
+    _check_result(processor, pixels, path)
+    first = pictures[0]
+    return Picture(np.asarray(pixels, dtype=np.float32), first.alpha, first.exif, first.icc)
+
+
+def _check_result(processor: Processor, pixels: object, path: Path) -> None:
+    ok = (isinstance(pixels, np.ndarray) and pixels.ndim == 3 and pixels.shape[2] in (1, 3)
+          and pixels.shape[0] > 0 and pixels.shape[1] > 0)
+    if not ok:
+        shape = getattr(pixels, "shape", type(pixels).__name__)
+        raise ImageError(path, f"{processor.name} returned {shape}, expected an H x W x 1|3 array")
+
+
+def prepare(processor: Processor, runtime: Runtime) -> None:
+    """Load the processor's model sessions now, so a model or provider error stops the batch
+    before any image is read."""
+    context = runtime.context(processor)
+    for model in processor.models:
+        context.session(model.name)
+
+
+def run_batch(plan: Plan, processor: Processor, options: dict[str, Any], runtime: Runtime,
+              output: OutputSettings, *, workers: int = 1, skip_existing: bool = False,
+              progress: Callable[[Outcome], None] | None = None) -> Summary:
+    """Return the summary of running every job of `plan` (with `workers` threads)."""
+    start = time.perf_counter()
+    prepare(processor, runtime)
+
+    def one(job: Job) -> Outcome:
+        if skip_existing and job.output.exists():
+            outcome = Outcome(job.inputs, job.output, "skipped", "output exists (--skip-existing)")
+        else:
+            outcome = process_one(job, processor, options, runtime, output)
+        if progress is not None:
+            progress(outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        try:
+            outcomes = list(pool.map(one, plan.jobs))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return Summary(plan.rejected + outcomes, time.perf_counter() - start)

@@ -1,0 +1,233 @@
+"""The `imgproc` command: thin click commands over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+
+from imgproc.config import FORMATS, PROVIDERS, Config, find_config, load_config
+from imgproc.errors import ImgprocError, UsageError
+from imgproc.logs import configure_logging
+from imgproc.processor import parse_assignments
+from imgproc.registry import Registry, load_registry
+
+
+@dataclass(frozen=True)
+class Env:
+    """What the top-level options decided, handed to every command."""
+
+    config: Config
+    plugins_dir: Path | None
+
+    def registry(self) -> Registry:
+        """Return the plugin registry (entry points plus --plugins-dir)."""
+        return load_registry(plugins_dir=self.plugins_dir)
+
+
+class _Group(click.Group):
+    """Turns the library's typed errors into messages: usage errors exit 2, the rest 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        except ImgprocError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(metadata.version("imgproc"), prog_name="imgproc")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="config.toml to use (default: $IMGPROC_CONFIG, then ./config.toml).")
+@click.option("--plugins-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              envvar="IMGPROC_PLUGINS_DIR", help="Also load plugins from the .py files here.")
+@click.option("--log-json", is_flag=True, help="Log JSON lines (default when not a terminal).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, plugins_dir: Path | None,
+        log_json: bool, log_level: str | None) -> None:
+    """Batch image processing with plugins: colorize, upscale, merge, resize."""
+    config = load_config(find_config(config_path))
+    config = config.replace("logging", level=log_level, format="json" if log_json else None)
+    configure_logging(level=config.logging.level, fmt=config.logging.format)
+    ctx.obj = Env(config, plugins_dir)
+
+
+def _complete_plugin(ctx: click.Context, param: click.Parameter,
+                     incomplete: str) -> list[str]:
+    plugins_dir = ctx.find_root().params.get("plugins_dir")
+    return [n for n in load_registry(plugins_dir=plugins_dir).processors
+            if n.startswith(incomplete)]
+
+
+@cli.command()
+@click.option("--plugin", "-p", "plugin", required=True, shell_complete=_complete_plugin,
+              help="Processor to run (see `imgproc plugins`).")
+@click.option("--option", "-O", "options", multiple=True, metavar="KEY=VALUE",
+              help="Processor option; repeat for several.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", "outdir", required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format [same].")
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
+@click.option("--workers", type=click.IntRange(min=1), help="Images processed in parallel [1].")
+@click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.pass_obj
+def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...],
+        outdir: Path, recursive: bool, skip_existing: bool, fmt: str | None,
+        provider: str | None, workers: int | None, dry_run: bool, as_json: bool) -> None:
+    """Run a processor over INPUT files and folders, writing into OUTDIR."""
+    from imgproc import batch
+    from imgproc.runtime import Runtime
+
+    config = env.config.replace("runtime", provider=provider, workers=workers)
+    config = config.replace("output", format=fmt)
+    processor = env.registry().get(plugin).processor
+    try:
+        cli_options = parse_assignments(options)
+    except ValueError as exc:
+        raise UsageError(f"--option: {exc}") from None
+    values = processor.resolve_options(config.plugins.get(plugin, {}), cli_options)
+    plan = batch.plan_batch(list(inputs), outdir, arity=processor.inputs, recursive=recursive,
+                            fmt=config.output.format)
+    if dry_run:
+        _report_plan(plan, skip_existing, as_json)
+        sys.exit(1 if any(o.status == "failed" for o in plan.rejected) else 0)
+    with _progress(len(plan.jobs), enabled=not as_json) as tick:
+        summary = batch.run_batch(plan, processor, values, Runtime(config.runtime),
+                                  config.output, workers=config.runtime.workers,
+                                  skip_existing=skip_existing, progress=tick)
+    _report_summary(summary, as_json)
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins(env: Env, as_json: bool) -> None:
+    """List every processor found, its options and models, and plugins that failed to load."""
+    registry = env.registry()
+    data = _describe(registry)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for p in data["processors"]:
+        click.echo(f"{p['name']}  ({p['distribution']} {p['version']}, plugin {p['plugin']})")
+        click.echo(f"  {p['summary']}  [inputs: {p['inputs']}]")
+        for o in p["options"]:
+            extra = f" one of {', '.join(o['choices'])}" if "choices" in o else ""
+            click.echo(f"  --option {o['name']}=<{o['type']}> default {o['default']!r}{extra}"
+                       f"  {o['help']}")
+        for m in p["models"]:
+            click.echo(f"  model {m['name']}: {m['file']} sha256 {m['sha256'][:12]}... "
+                       f"in {m['inputs']} out {m['outputs']}")
+    if not data["processors"]:
+        click.echo("no processors installed")
+    for f in data["failures"]:
+        click.echo(f"FAILED {f['plugin']} ({f['distribution']}): {f['reason']}")
+
+
+@cli.command()
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Provider to try [config].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def doctor(env: Env, provider: str | None, as_json: bool) -> None:
+    """Show Python, ONNX Runtime, its providers and the provider each model actually gets."""
+    from imgproc.doctor import diagnose
+
+    report = diagnose(env.registry(), env.config.replace("runtime", provider=provider).runtime)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key in ("python", "platform", "onnxruntime", "providers_available", "config"):
+        click.echo(f"{key}: {report[key]}")
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}")
+    for m in report["models"]:
+        click.echo(f"model {m['processor']}/{m['model']}: {m.get('provider') or m.get('error')}")
+    if not report["models"]:
+        click.echo("models: none (no installed processor declares a model)")
+
+
+def _describe(registry: Registry) -> dict[str, Any]:
+    processors = [{
+        "name": r.processor.name, "summary": r.processor.summary, "plugin": r.plugin,
+        "distribution": r.distribution, "version": r.version, "inputs": r.processor.inputs,
+        "options": [o.describe() for o in r.processor.options],
+        "models": [m.describe() for m in r.processor.models],
+    } for r in sorted(registry.processors.values(), key=lambda r: r.processor.name)]
+    failures = [{"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
+                for f in registry.failures]
+    return {"processors": processors, "failures": failures}
+
+
+class _progress:
+    """A thread-safe progress bar on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.bar = (click.progressbar(length=total, label="imgproc", file=sys.stderr)
+                    if enabled and sys.stderr.isatty() and total else None)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Any:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self.tick
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def tick(self, _outcome: object) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(1)
+
+
+def _report_plan(plan: Any, skip_existing: bool, as_json: bool) -> None:
+    planned = [{"inputs": [str(p) for p in j.inputs], "output": str(j.output),
+                "exists": j.output.exists(),
+                "action": "skip" if skip_existing and j.output.exists() else "write"}
+               for j in plan.jobs]
+    if as_json:
+        click.echo(json.dumps({"planned": planned,
+                               "rejected": [o.to_json() for o in plan.rejected]}, indent=2))
+        return
+    for p in planned:
+        note = " (exists, skipped)" if p["action"] == "skip" else (
+            " (overwrites)" if p["exists"] else "")
+        click.echo(f"{' + '.join(p['inputs'])} -> {p['output']}{note}")
+    for o in plan.rejected:
+        click.echo(f"{o.status} {', '.join(map(str, o.inputs))}: {o.reason}")
+    click.echo(f"dry run: {len(planned)} to write, {len(plan.rejected)} set aside")
+
+
+def _report_summary(summary: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    for o in summary.outcomes:
+        if o.status != "done":
+            click.echo(f"{o.status} {', '.join(map(str, o.inputs))}: {o.reason}")
+    click.echo(f"done {summary.count('done')}, skipped {summary.count('skipped')}, "
+               f"failed {summary.count('failed')} in {summary.seconds:.2f} s")
+
+
+def main() -> None:
+    """Entry point of the `imgproc` console script."""
+    cli(prog_name="imgproc")
+
+
+if __name__ == "__main__":
+    main()

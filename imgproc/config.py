@@ -1,0 +1,175 @@
+"""config.toml: find it, parse it, and check every key and type against the schema below."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgproc.errors import ConfigError
+
+CONFIG_ENV = "IMGPROC_CONFIG"
+CONFIG_NAME = "config.toml"
+PROVIDERS = ("auto", "cuda", "cpu")
+FORMATS = ("same", "png", "jpg", "webp", "tiff")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "json")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How images are run: execution provider, threads, tiling, limits."""
+
+    provider: str = "auto"
+    intra_op_threads: int = 0  # 0 lets ONNX Runtime pick (one per core)
+    inter_op_threads: int = 0
+    workers: int = 1
+    tile_size: int = 512
+    tile_overlap: int = 32
+    max_image_pixels: int = 200_000_000  # decompression-bomb guard
+
+    def __post_init__(self) -> None:
+        _choice("runtime.provider", self.provider, PROVIDERS)
+        for name in ("intra_op_threads", "inter_op_threads"):
+            _at_least(f"runtime.{name}", getattr(self, name), 0)
+        for name in ("workers", "tile_size", "max_image_pixels"):
+            _at_least(f"runtime.{name}", getattr(self, name), 1)
+        _at_least("runtime.tile_overlap", self.tile_overlap, 0)
+        if 2 * self.tile_overlap >= self.tile_size:
+            raise ConfigError("runtime.tile_overlap", "must be less than half of tile_size")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How outputs are written."""
+
+    format: str = "same"
+    jpeg_quality: int = 95
+    webp_quality: int = 95
+
+    def __post_init__(self) -> None:
+        _choice("output.format", self.format, FORMATS)
+        for name in ("jpeg_quality", "webp_quality"):
+            value = getattr(self, name)
+            if not 1 <= value <= 100:
+                raise ConfigError(f"output.{name}", f"must be 1-100, got {value}")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log level and format (auto: readable on a terminal, JSON lines otherwise)."""
+
+    level: str = "info"
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("logging.level", self.level, LOG_LEVELS)
+        _choice("logging.format", self.format, LOG_FORMATS)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `plugins` maps a processor name to its option defaults."""
+
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: Path | None = None
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """Return a copy with some keys of one section changed (CLI beats config)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        updated = _build(type(getattr(self, section)), section, given, self.source,
+                         base=getattr(self, section))
+        return dataclasses.replace(self, **{section: updated})
+
+
+_SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "output": OutputSettings,
+                              "logging": LoggingSettings}
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """Return the config file to use: --config, then $IMGPROC_CONFIG, then ./config.toml."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    local = Path.cwd() / CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Return the Config read from `path` (built-in defaults when None)."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read: {exc.strerror or exc}", source=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", f"not valid TOML: {exc}", source=path) from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
+    """Return the Config for already-parsed TOML data, rejecting unknown keys and wrong types."""
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "plugins":
+            sections[key] = _plugins(value, source)
+        elif key in _SECTIONS:
+            sections[key] = _build(_SECTIONS[key], key, _table(key, value, source), source)
+        else:
+            raise ConfigError(key, "unknown section; known: "
+                              + ", ".join([*_SECTIONS, "plugins"]), source=source)
+    return Config(**sections, source=source)
+
+
+def _build(cls: type, section: str, values: Mapping[str, Any], source: Path | None,
+           base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{section}.{key}", "unknown key; known: " + ", ".join(hints),
+                              source=source)
+        _check_type(f"{section}.{key}", value, hints[key], source)
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.reason, source=source) from None
+
+
+def _check_type(key: str, value: Any, expected: type, source: Path | None) -> None:
+    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        raise ConfigError(key, f"expected {expected.__name__}, got {type(value).__name__} "
+                          f"{value!r}", source=source)
+
+
+def _plugins(value: Any, source: Path | None) -> dict[str, dict[str, Any]]:
+    table = _table("plugins", value, source)
+    return {name: dict(_table(f"plugins.{name}", options, source))
+            for name, options in table.items()}
+
+
+def _table(key: str, value: Any, source: Path | None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a table, got {type(value).__name__}", source=source)
+    return value
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(key, f"must be at least {low}, got {value}")

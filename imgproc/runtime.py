@@ -1,0 +1,56 @@
+"""What a processor sees while it runs: its models' sessions and the tiling helper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgproc.config import RuntimeSettings
+from imgproc.processor import Processor
+from imgproc.session import Session, SessionPool
+from imgproc.tiles import process_tiled
+
+
+@dataclass
+class Runtime:
+    """Settings and the shared session pool, built once per batch or daemon."""
+
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    sessions: SessionPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionPool(provider=self.settings.provider,
+                                    intra_op_threads=self.settings.intra_op_threads,
+                                    inter_op_threads=self.settings.inter_op_threads)
+
+    def context(self, processor: Processor) -> Context:
+        """Return a fresh per-image context for `processor`."""
+        return Context(self, processor)
+
+
+class Context:
+    """Per-image access to model sessions and tiling; records which providers ran."""
+
+    def __init__(self, runtime: Runtime, processor: Processor) -> None:
+        self.runtime = runtime
+        self.processor = processor
+        self.providers: set[str] = set()
+
+    def session(self, model: str) -> Session:
+        """Return the shared session of the processor's model called `model`."""
+        session = self.runtime.sessions.get(self.processor.model(model))
+        self.providers.add(session.provider)
+        return session
+
+    def tiled(self, fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *,
+              scale: int = 1) -> np.ndarray:
+        """Return fn(image) computed tile by tile with the configured tile size and overlap."""
+        return process_tiled(fn, image, scale=scale, tile=self.runtime.settings.tile_size,
+                             overlap=self.runtime.settings.tile_overlap)
+
+    @property
+    def provider(self) -> str:
+        """Return the providers used for this image so far, or 'none' for model-free plugins."""
+        return ",".join(sorted(self.providers)) or "none"

@@ -1,0 +1,45 @@
+"""Processors used only by the tests, loaded with `--plugins-dir` like any local plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from imgproc import Option, Processor, hookimpl
+
+
+def identity(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the image unchanged (scaled when `scale` > 1, nearest neighbour)."""
+    scale = options["scale"]
+    return np.repeat(np.repeat(images[0], scale, axis=0), scale, axis=1)
+
+
+def mean2(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the mean of two images, the second resized to the first."""
+    height, width = images[0].shape[:2]
+    second = Image.fromarray((images[1] * 255).astype(np.uint8)).resize((width, height))
+    return (images[0] + np.asarray(second, dtype=np.float32) / 255) / 2
+
+
+def explode(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Raise, as a buggy plugin would."""
+    raise RuntimeError("boom")
+
+
+def grey(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return one channel: the mean of R, G, B."""
+    return images[0].mean(axis=2, keepdims=True)
+
+
+@hookimpl
+def imgproc_processors() -> list[Processor]:
+    """Return the test processors."""
+    return [
+        Processor("identity", "Return the image unchanged.", identity,
+                  options=(Option("scale", int, 1, "integer upscale", min=1, max=8),)),
+        Processor("mean2", "Average two images.", mean2, inputs=2),
+        Processor("explode", "Always raise.", explode),
+        Processor("grey", "Return a one-channel grey image.", grey),
+    ]
