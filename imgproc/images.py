@@ -163,7 +163,7 @@ def _to_pil(picture: Picture, fmt: str) -> tuple[Image.Image, list[str]]:
         return img, []
     alpha = Image.fromarray(_to_uint8(picture.alpha)).resize(img.size, Image.Resampling.BICUBIC)
     if fmt not in _ALPHA_FORMATS:
-        white = Image.new(img.mode, img.size, 255)
+        white = Image.new(img.mode, img.size, "white")
         return Image.composite(img, white, alpha), [f"alpha flattened onto white: {fmt} has none"]
     img.putalpha(alpha)
     return img, []
