@@ -15,8 +15,14 @@ import structlog
 
 from imgproc.config import OutputSettings
 from imgproc.errors import ImageError, UsageError
-from imgproc.images import SUFFIX_FORMATS, TEMP_SUFFIX, Picture, output_suffix, read_image, \
-    write_image
+from imgproc.images import (
+    SUFFIX_FORMATS,
+    TEMP_SUFFIX,
+    Picture,
+    output_suffix,
+    read_image,
+    write_image,
+)
 from imgproc.processor import Processor
 from imgproc.runtime import Runtime
 

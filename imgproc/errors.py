@@ -1,4 +1,4 @@
-"""Typed errors raised by the imgproc library; only the CLI turns them into messages and exit codes."""
+"""Typed errors of the imgproc library; only the CLI turns them into messages and exit codes."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ class ConfigError(UsageError):
 class OptionError(UsageError):
     """An option value for a processor is unknown, mistyped or out of range."""
 
-    def __init__(self, processor: str, option: str, reason: str) -> None:
-        super().__init__(f"{processor}: option {option!r}: {reason}")
+    def __init__(self, processor: str, option: str | None, reason: str) -> None:
+        where = f"option {option!r}" if option else "options"
+        super().__init__(f"{processor}: {where}: {reason}")
         self.processor = processor
         self.option = option
 

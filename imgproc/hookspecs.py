@@ -18,7 +18,7 @@ def imgproc_processors() -> Sequence[Processor]:
     """Return the processors this plugin provides.
 
     Called once when the registry loads. Every plugin's list is collected; processor names
-    must be unique across plugins (a duplicate is set aside and reported, never silently
-    replaced).
+    must be unique across plugins: the first found (entry points in sys.path order) wins and
+    a later duplicate is set aside and reported, never silently replaced.
     """
     raise NotImplementedError  # pragma: no cover - a specification, never called

@@ -1,4 +1,4 @@
-"""Image I/O with Pillow: read any common file into float RGB + alpha + metadata, write atomically."""
+"""Image I/O with Pillow: read common files into float RGB, alpha and metadata; write atomically."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def read_image(path: Path, *, max_pixels: int) -> Picture:
 
 def write_image(path: Path, picture: Picture, *, jpeg_quality: int = 95,
                 webp_quality: int = 95) -> list[str]:
-    """Write `picture` to `path` atomically (format from the suffix); return notes on what changed."""
+    """Write `picture` to `path` atomically (format from the suffix); return notes on changes."""
     fmt = SUFFIX_FORMATS.get(path.suffix.lower(), "PNG")
     img, notes = _to_pil(picture, fmt)
     params: dict[str, Any] = {"format": fmt}
@@ -84,7 +84,7 @@ def write_image(path: Path, picture: Picture, *, jpeg_quality: int = 95,
 
 
 def write_atomic(path: Path, save: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through a hidden temporary name in the same folder, then rename it into place."""
+    """Write a file through a hidden temporary name in its folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:

@@ -146,7 +146,7 @@ class Processor:
             try:
                 self.validate(values)
             except ValueError as exc:
-                raise OptionError(self.name, "*", str(exc)) from None
+                raise OptionError(self.name, None, str(exc)) from None
         return values
 
     def model(self, name: str) -> ModelFile:

@@ -1,0 +1,43 @@
+"""The plugin contract, run over every registered processor (a new plugin is tested at once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imgproc import Processor
+from imgproc.registry import load_registry
+from imgproc.testing import check_processor
+
+from .conftest import LOCAL_PLUGINS
+
+REGISTRY = load_registry(plugins_dir=LOCAL_PLUGINS)
+CONTRACT_BREAKERS = {"explode"}  # the tests' deliberately buggy processor
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY.processors) - CONTRACT_BREAKERS))
+def test_every_registered_processor_keeps_the_contract(name: str) -> None:
+    check_processor(REGISTRY.processors[name].processor)
+
+
+def test_model_processors_keep_the_contract(halve: Processor) -> None:
+    check_processor(halve)
+
+
+def _returns(value: Any) -> Processor:
+    return Processor("broken", "Breaks the contract.", lambda images, **kw: value(images[0]))
+
+
+@pytest.mark.parametrize(("processor", "message"), [
+    (_returns(lambda x: x * np.nan), "NaN or infinity"),
+    (_returns(lambda x: x[:, :, 0]), "expected H x W x 1\\|3"),
+    (_returns(lambda x: x.tolist()), "not ndarray"),
+    (_returns(lambda x: x * 5), "outside \\[0, 1\\]"),
+    (Processor("Bad Name", "x", lambda images, **kw: images[0]), "use lower-case"),
+    (Processor("two-lines", "a\nb", lambda images, **kw: images[0]), "one non-empty line"),
+], ids=["nan", "2d", "list", "range", "name", "summary"])
+def test_the_contract_check_catches_breakage(processor: Processor, message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_processor(processor)
