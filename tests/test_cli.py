@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import Result
 
@@ -172,3 +173,22 @@ def test_readme_main_job_on_the_shipped_samples(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outputs == sorted(p.name for p in SAMPLES.iterdir() if p.suffix != ".md")
+
+
+def test_alpha_exif_and_orientation_survive_a_run(run_cli: Run, tmp_path: Path) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways
+    exif[0x013B] = "round trip"
+    pixels = np.zeros((10, 30, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    pixels[:, :5, 3] = 0  # a transparent band on the stored left edge
+    (tmp_path / "in").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "in" / "a.png", exif=exif)
+    assert run_cli("run", "-p", "identity", "-O", "scale=2", "in", "-o", "out").exit_code == 0
+    with Image.open(tmp_path / "out" / "a.png") as out:
+        assert out.mode == "RGBA" and out.size == (20, 60)  # upright, then doubled
+        assert out.getexif()[0x013B] == "round trip" and out.getexif().get(0x0112, 1) == 1
+        alpha = np.asarray(out.getchannel("A"))
+        assert alpha[:8].max() < 30 and alpha[12:].min() > 225  # the band is now on top
