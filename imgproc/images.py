@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +106,12 @@ def _check_file(path: Path) -> None:
     if path.is_dir():
         raise ImageError(path, "is a directory, not an image file")
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(path, "not a regular file (device, socket or pipe)")  # would block
+    if info.st_size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise ImageError(path, "permission denied")

@@ -128,6 +128,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "directory named like an image": (lambda p: p.mkdir(), "is a directory"),
     "broken symlink": (lambda p: p.symlink_to(p.parent / "missing.png"), "broken symlink"),
     "missing": (lambda p: None, "file not found"),
+    "named pipe": (lambda p: os.mkfifo(p), "not a regular file"),
 }
 
 
