@@ -16,7 +16,6 @@ cannot stay dynamic (it applies torch.export's "suggested fixes"). Capturing wit
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+from imgproc.session import sha256_file  # the host checks models with the same digest
 
 __all__ = [
     "ExportError",
@@ -108,15 +109,6 @@ class ExportResult:
     sha256: str
     parameters: int
     max_abs_error: float
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file, read in blocks so large models stay out of memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_parity(module: torch.nn.Module, onnx_path: Path, inputs: Inputs, *,
