@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -17,8 +17,11 @@ def configure_logging(*, level: str = "info", fmt: str = "auto",
     """Send structlog events to `stream` (stderr) as console lines or JSON lines."""
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer = (structlog.processors.JSONRenderer() if as_json
-                else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    renderer: Any = structlog.processors.JSONRenderer()
+    if not as_json:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if stream.isatty():
+            renderer = _above_progress_bar(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -31,3 +34,12 @@ def configure_logging(*, level: str = "info", fmt: str = "auto",
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _above_progress_bar(render: Any) -> Any:
+    """Return a renderer that first erases the terminal line, where a progress bar may be."""
+
+    def erase_then_render(logger: Any, name: str, event: Any) -> str:
+        return "\r\x1b[K" + render(logger, name, event)
+
+    return erase_then_render
