@@ -164,8 +164,7 @@ def _pair(inputs: Sequence[Path], outdir: Path, arity: int, recursive: bool, fmt
     if not all(p.is_dir() for p in inputs):
         raise UsageError("inputs must be all files or all folders: "
                          + ", ".join(str(p) for p in inputs))
-    tables = [{p.relative_to(r).with_suffix(""): p for p in _scan(r, outdir, recursive, plan)}
-              for r in inputs]
+    tables = [_by_stem(r, _scan(r, outdir, recursive, plan), plan) for r in inputs]
     for key in sorted(set().union(*tables)):
         members = [t.get(key) for t in tables]
         if any(m is None for m in members):
@@ -177,6 +176,18 @@ def _pair(inputs: Sequence[Path], outdir: Path, arity: int, recursive: bool, fmt
         rel = members[0].relative_to(inputs[0])  # type: ignore[union-attr]
         plan.jobs.append(Job(tuple(members), outdir / rel.with_suffix(  # type: ignore[arg-type]
             output_suffix(rel, fmt))))
+
+
+def _by_stem(root: Path, paths: list[Path], plan: Plan) -> dict[Path, Path]:
+    table: dict[Path, Path] = {}
+    for path in paths:
+        key = path.relative_to(root).with_suffix("")
+        if key in table:
+            plan.rejected.append(Outcome((path,), None, "failed", f"same name as {table[key]} "
+                                         "(inputs are paired by name without suffix)"))
+        else:
+            table[key] = path
+    return table
 
 
 def _reject_conflicts(plan: Plan) -> None:
@@ -227,8 +238,8 @@ def _run(processor: Processor, pictures: list[Picture], options: dict[str, Any],
     try:
         pixels = processor.process([p.pixels for p in pictures], options=dict(options),
                                    context=context)
-    except ImageError:
-        raise
+    except ImageError as exc:  # the plugin does not know the path: name it here
+        raise ImageError(path, f"{processor.name}: {exc.reason}") from exc
     except Exception as exc:  # a plugin bug fails this image, never the batch
         raise ImageError(path, f"{processor.name} failed: {type(exc).__name__}: {exc}") from exc
     _check_result(processor, pixels, path)

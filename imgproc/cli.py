@@ -127,6 +127,8 @@ def plugins(env: Env, as_json: bool) -> None:
         click.echo(f"  {p['summary']}  [inputs: {p['inputs']}]")
         for o in p["options"]:
             extra = f" one of {', '.join(o['choices'])}" if "choices" in o else ""
+            if "min" in o or "max" in o:
+                extra += f" in [{o.get('min', '')}, {o.get('max', '')}]"
             click.echo(f"  --option {o['name']}=<{o['type']}> default {o['default']!r}{extra}"
                        f"  {o['help']}")
         for m in p["models"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from imgproc.errors import OptionError
 if TYPE_CHECKING:
     from imgproc.runtime import Context
 
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -132,6 +134,17 @@ class Processor:
     models: tuple[ModelFile, ...] = ()
     validate: Callable[[dict[str, Any]], None] | None = None
 
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"processor name {self.name!r}: use lower-case a-z, 0-9, _ and -")
+        if not self.summary or "\n" in self.summary:
+            raise ValueError(f"processor {self.name}: summary must be one non-empty line")
+        if self.inputs < 1:
+            raise ValueError(f"processor {self.name}: inputs must be at least 1")
+        names = [o.name for o in self.options]
+        if len(names) != len(set(names)):
+            raise ValueError(f"processor {self.name}: duplicate option names {names}")
+
     def resolve_options(self, *layers: Mapping[str, object]) -> dict[str, Any]:
         """Return every option's value: defaults, overridden by each layer in turn (config, CLI)."""
         known = {o.name: o for o in self.options}
@@ -147,6 +160,9 @@ class Processor:
                 self.validate(values)
             except ValueError as exc:
                 raise OptionError(self.name, None, str(exc)) from None
+            except Exception as exc:  # a bug in validate is still reported before any image
+                raise OptionError(self.name, None, f"validate() raised {type(exc).__name__}: "
+                                  f"{exc}") from exc
         return values
 
     def model(self, name: str) -> ModelFile:

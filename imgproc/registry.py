@@ -117,9 +117,23 @@ def _register(pm: pluggy.PluginManager, registry: Registry, name: str,
         return
     try:
         pm.check_pending()  # a misspelled hook (imgproc_processor) is caught here
+        _check_decorated(pm, name)
     except pluggy.PluginValidationError as exc:
         pm.unregister(name=name)
         _fail(registry, name, dist[0], f"invalid hook: {exc}")
+
+
+def _check_decorated(pm: pluggy.PluginManager, name: str) -> None:
+    # pluggy ignores an imgproc_* function without @hookimpl: the plugin would load and
+    # silently provide nothing.
+    plugin = pm.get_plugin(name)
+    hooked = {impl.function.__name__ for caller in pm.get_hookcallers(plugin) or []
+              for impl in caller.get_hookimpls() if impl.plugin is plugin}
+    for attr in dir(plugin):
+        if attr.startswith("imgproc_") and callable(getattr(plugin, attr)) \
+                and attr not in hooked:
+            raise pluggy.PluginValidationError(
+                plugin, f"{attr} is not decorated with @imgproc.hookimpl")
 
 
 def _collect(pm: pluggy.PluginManager, registry: Registry,

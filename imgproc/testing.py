@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from imgproc.config import RuntimeSettings
@@ -19,7 +17,6 @@ from imgproc.runtime import Runtime
 from imgproc.session import sha256_file
 
 SIZES = ((1, 1), (3, 7), (17, 23))
-_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 def check_processor(processor: Processor, *, sizes: tuple[tuple[int, int], ...] = SIZES,
@@ -38,12 +35,7 @@ def check_processor(processor: Processor, *, sizes: tuple[tuple[int, int], ...] 
 
 
 def _check_declaration(processor: Processor) -> None:
-    assert _NAME.match(processor.name), f"name {processor.name!r}: use lower-case a-z0-9_-"
-    assert processor.summary and "\n" not in processor.summary, \
-        f"{processor.name}: summary must be one non-empty line"
-    assert processor.inputs >= 1, f"{processor.name}: inputs must be at least 1"
-    names = [o.name for o in processor.options]
-    assert len(names) == len(set(names)), f"{processor.name}: duplicate option names {names}"
+    # Processor() itself refuses bad names, summaries, input counts and duplicate options.
     for option in processor.options:
         if option.default is not None:
             option.parse(option.default, processor=processor.name)

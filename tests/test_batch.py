@@ -105,6 +105,16 @@ def test_two_input_processors_pair_by_relative_path(tmp_path: Path,
     assert unpaired.inputs[0].name == "only-a.png" and "no partner in" in unpaired.reason
 
 
+def test_pairing_refuses_two_files_with_one_name(tmp_path: Path, write_image: Callable) -> None:
+    write_image(tmp_path / "a" / "x.png")
+    write_image(tmp_path / "a" / "x.jpg", format="JPEG")
+    write_image(tmp_path / "b" / "x.png")
+    plan = plan_batch([tmp_path / "a", tmp_path / "b"], tmp_path / "o", arity=2)
+    assert len(plan.jobs) == 1
+    [clash] = plan.rejected
+    assert clash.status == "failed" and "paired by name without suffix" in clash.reason
+
+
 def test_two_input_processors_need_two_inputs(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="takes 2 inputs"):
         plan_batch([tmp_path], tmp_path / "o", arity=2)

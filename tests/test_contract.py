@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imgproc import Processor
+from imgproc import Option, Processor
 from imgproc.registry import load_registry
 from imgproc.testing import check_processor
 
@@ -35,9 +35,19 @@ def _returns(value: Any) -> Processor:
     (_returns(lambda x: x[:, :, 0]), "expected H x W x 1\\|3"),
     (_returns(lambda x: x.tolist()), "not ndarray"),
     (_returns(lambda x: x * 5), "outside \\[0, 1\\]"),
-    (Processor("Bad Name", "x", lambda images, **kw: images[0]), "use lower-case"),
-    (Processor("two-lines", "a\nb", lambda images, **kw: images[0]), "one non-empty line"),
-], ids=["nan", "2d", "list", "range", "name", "summary"])
+], ids=["nan", "2d", "list", "range"])
 def test_the_contract_check_catches_breakage(processor: Processor, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_processor(processor)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"name": "Bad Name"}, "use lower-case"),
+    ({"summary": "a\nb"}, "one non-empty line"),
+    ({"inputs": 0}, "at least 1"),
+    ({"options": (Option("a", int, 1), Option("a", int, 2))}, "duplicate option names"),
+], ids=["name", "summary", "inputs", "options"])
+def test_a_bad_declaration_is_refused_at_construction(kwargs: dict, message: str) -> None:
+    fields = {"name": "ok", "summary": "Fine.", "process": lambda images, **kw: images[0]}
+    with pytest.raises(ValueError, match=message):
+        Processor(**{**fields, **kwargs})

@@ -44,6 +44,16 @@ BROKEN = {
         def imgproc_processors():
             return ["sepia"]
         """, "returned str, not an imgproc Processor"),
+    "undecorated-hook": ("""
+        def imgproc_processors():
+            return []
+        """, "imgproc_processors is not decorated with @imgproc.hookimpl"),
+    "bad-declaration": ("""
+        from imgproc import Processor, hookimpl
+        @hookimpl
+        def imgproc_processors():
+            return [Processor("Bad Name", "x", lambda images, **kw: images[0])]
+        """, "raised ValueError: processor name 'Bad Name'"),
 }
 
 
