@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgproc.batch import plan_batch, run_batch
+from imgproc.batch import Step, plan_batch, run_batch
 from imgproc.config import OutputSettings, RuntimeSettings
 from imgproc.images import read_image, write_image
 from imgproc.processor import Processor
@@ -101,7 +101,8 @@ def _measure(inputs: list[Path], work: Path) -> list[tuple[str, float]]:
     def batch(workers: int) -> Callable[[], object]:
         runtime = Runtime(RuntimeSettings(provider="cpu"))
         plan = plan_batch([inputs[0].parent], out)
-        return lambda: run_batch(plan, IDENTITY, {}, runtime, OutputSettings(), workers=workers)
+        return lambda: run_batch(plan, [Step(IDENTITY, {})], runtime, OutputSettings(),
+                                   workers=workers)
 
     def plan_only() -> None:
         plan_batch([inputs[0].parent], out)

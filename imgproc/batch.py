@@ -24,7 +24,7 @@ from imgproc.images import (
     write_image,
 )
 from imgproc.processor import Processor
-from imgproc.runtime import Runtime
+from imgproc.runtime import Context, Runtime
 
 Status = Literal["done", "skipped", "failed"]
 log = structlog.get_logger("imgproc.batch")
@@ -210,33 +210,59 @@ def _reject_conflicts(plan: Plan) -> None:
 
 # -- read, process, write, record -------------------------------------------------------------
 
-def process_one(job: Job, processor: Processor, options: dict[str, Any], runtime: Runtime,
+@dataclass(frozen=True)
+class Step:
+    """One processor with its resolved options; a pipeline is a sequence of steps."""
+
+    processor: Processor
+    options: dict[str, Any]
+
+
+def check_pipeline(steps: Sequence[Step]) -> None:
+    """Raise UsageError unless every step after the first takes exactly one image."""
+    if not steps:
+        raise UsageError("a pipeline needs at least one processor")
+    for step in steps[1:]:
+        if step.processor.inputs != 1:
+            raise UsageError(f"{step.processor.name} takes {step.processor.inputs} images and "
+                             "can only be the first step of a pipeline")
+
+
+def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
                 output: OutputSettings) -> Outcome:
-    """Return the outcome of running `processor` on one job; image errors become `failed`."""
+    """Return the outcome of running `steps` on one job; image errors become `failed`."""
     start = time.perf_counter()
-    context = runtime.context(processor)
+    contexts = [runtime.context(step.processor) for step in steps]
+    names = "+".join(step.processor.name for step in steps)
     try:
         pictures = [read_image(p, max_pixels=runtime.settings.max_image_pixels)
                     for p in job.inputs]
-        result = _run(processor, pictures, options, context, job.inputs[0])
-        notes = write_image(job.output, result, jpeg_quality=output.jpeg_quality,
+        for step, context in zip(steps, contexts, strict=True):
+            pictures = [_run(step, pictures, context, job.inputs[0])]
+        notes = write_image(job.output, pictures[0], jpeg_quality=output.jpeg_quality,
                             webp_quality=output.webp_quality)
     except ImageError as exc:
         ms = (time.perf_counter() - start) * 1000
-        log.warning("image failed", path=str(exc.path), plugin=processor.name,
-                    reason=exc.reason, ms=round(ms, 1), provider=context.provider)
-        return Outcome(job.inputs, job.output, "failed", exc.reason, ms, context.provider)
+        provider = _providers(contexts)
+        log.warning("image failed", path=str(exc.path), plugin=names, reason=exc.reason,
+                    ms=round(ms, 1), provider=provider)
+        return Outcome(job.inputs, job.output, "failed", exc.reason, ms, provider)
     ms = (time.perf_counter() - start) * 1000
-    log.info("image done", path=str(job.inputs[0]), output=str(job.output),
-             plugin=processor.name, ms=round(ms, 1), provider=context.provider,
-             **({"notes": notes} if notes else {}))
-    return Outcome(job.inputs, job.output, "done", None, ms, context.provider)
+    provider = _providers(contexts)
+    log.info("image done", path=str(job.inputs[0]), output=str(job.output), plugin=names,
+             ms=round(ms, 1), provider=provider, **({"notes": notes} if notes else {}))
+    return Outcome(job.inputs, job.output, "done", None, ms, provider)
 
 
-def _run(processor: Processor, pictures: list[Picture], options: dict[str, Any],
-         context: Any, path: Path) -> Picture:
+def _providers(contexts: Sequence[Context]) -> str:
+    used = sorted({p for c in contexts for p in c.providers})
+    return ",".join(used) or "none"
+
+
+def _run(step: Step, pictures: list[Picture], context: Context, path: Path) -> Picture:
+    processor = step.processor
     try:
-        pixels = processor.process([p.pixels for p in pictures], options=dict(options),
+        pixels = processor.process([p.pixels for p in pictures], options=dict(step.options),
                                    context=context)
     except ImageError as exc:  # the plugin does not know the path: name it here
         raise ImageError(path, f"{processor.name}: {exc.reason}") from exc
@@ -255,26 +281,28 @@ def _check_result(processor: Processor, pixels: object, path: Path) -> None:
         raise ImageError(path, f"{processor.name} returned {shape}, expected an H x W x 1|3 array")
 
 
-def prepare(processor: Processor, runtime: Runtime) -> None:
-    """Load the processor's model sessions now, so a model or provider error stops the batch
+def prepare(steps: Sequence[Step], runtime: Runtime) -> None:
+    """Load every step's model sessions now, so a model or provider error stops the work
     before any image is read."""
-    context = runtime.context(processor)
-    for model in processor.models:
-        context.session(model.name)
+    check_pipeline(steps)
+    for step in steps:
+        context = runtime.context(step.processor)
+        for model in step.processor.models:
+            context.session(model.name)
 
 
-def run_batch(plan: Plan, processor: Processor, options: dict[str, Any], runtime: Runtime,
-              output: OutputSettings, *, workers: int = 1, skip_existing: bool = False,
+def run_batch(plan: Plan, steps: Sequence[Step], runtime: Runtime, output: OutputSettings, *,
+              workers: int = 1, skip_existing: bool = False,
               progress: Callable[[Outcome], None] | None = None) -> Summary:
     """Return the summary of running every job of `plan` (with `workers` threads)."""
     start = time.perf_counter()
-    prepare(processor, runtime)
+    prepare(steps, runtime)
 
     def one(job: Job) -> Outcome:
         if skip_existing and job.output.exists():
             outcome = Outcome(job.inputs, job.output, "skipped", "output exists (--skip-existing)")
         else:
-            outcome = process_one(job, processor, options, runtime, output)
+            outcome = process_one(job, steps, runtime, output)
         if progress is not None:
             progress(outcome)
         return outcome

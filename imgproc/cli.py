@@ -105,7 +105,7 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
         _report_plan(plan, skip_existing, as_json)
         sys.exit(1 if any(o.status == "failed" for o in plan.rejected) else 0)
     with _progress(len(plan.jobs), enabled=not as_json) as tick:
-        summary = batch.run_batch(plan, processor, values, Runtime(config.runtime),
+        summary = batch.run_batch(plan, [batch.Step(processor, values)], Runtime(config.runtime),
                                   config.output, workers=config.runtime.workers,
                                   skip_existing=skip_existing, progress=tick)
     _report_summary(summary, as_json)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgproc.batch import Job, plan_batch, process_one, run_batch
+from imgproc.batch import Job, Step, plan_batch, process_one, run_batch
 from imgproc.config import OutputSettings, RuntimeSettings
 from imgproc.errors import UsageError
 from imgproc.processor import Processor
@@ -124,7 +124,7 @@ def test_the_data_path_reads_processes_and_writes(registry: Registry, photos: Pa
                                                   tmp_path: Path) -> None:
     job = Job((photos / "a.png",), tmp_path / "o" / "deep" / "a.png")
     identity = registry.get("identity").processor
-    outcome = process_one(job, identity, {"scale": 2}, Runtime(), OutputSettings())
+    outcome = process_one(job, [Step(identity, {"scale": 2})], Runtime(), OutputSettings())
     assert outcome.status == "done" and outcome.provider == "none"
     assert read_rgb(job.output).shape == (32, 48, 3)
     original = read_rgb(photos / "a.png")
@@ -137,7 +137,7 @@ def test_plugin_errors_fail_the_image_not_the_batch(registry: Registry, photos: 
     processor = registry.get("explode").processor if name == "explode" else Processor(
         "bad", "Returns a 2-D array.", lambda images, **kw: images[0][:, :, 0])
     job = Job((photos / "a.png",), tmp_path / "o" / "a.png")
-    outcome = process_one(job, processor, {}, Runtime(), OutputSettings())
+    outcome = process_one(job, [Step(processor, {})], Runtime(), OutputSettings())
     assert outcome.status == "failed"
     assert ("RuntimeError: boom" if name == "explode" else "expected an H x W x 1|3") \
         in outcome.reason
@@ -148,7 +148,7 @@ def test_model_processor_runs_through_one_shared_session(halve: Processor, photo
                                                          tmp_path: Path) -> None:
     runtime = Runtime(RuntimeSettings(provider="cpu", tile_size=8, tile_overlap=2))
     plan = plan_batch([photos], tmp_path / "o", recursive=True)
-    summary = run_batch(plan, halve, {}, runtime, OutputSettings(), workers=2)
+    summary = run_batch(plan, [Step(halve, {})], runtime, OutputSettings(), workers=2)
     assert summary.count("done") == 3
     assert {o.provider for o in summary.outcomes} == {"CPUExecutionProvider"}
     assert len(runtime.sessions.loaded()) == 1
