@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from imgproc.config import FORMATS, PROVIDERS, Config, find_config, load_config
+from imgproc.config import AFTER, FORMATS, PROVIDERS, Config, WatchRule, find_config, load_config
 from imgproc.errors import ImgprocError, UsageError
 from imgproc.logs import configure_logging
 from imgproc.processor import parse_assignments
@@ -160,6 +161,108 @@ def doctor(env: Env, provider: str | None, as_json: bool) -> None:
         click.echo(f"model {m['processor']}/{m['model']}: {m.get('provider') or m.get('error')}")
     if not report["models"]:
         click.echo("models: none (no installed processor declares a model)")
+
+
+@cli.command()
+@click.argument("input_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plugin", "-p", "plugins", multiple=True, shell_complete=_complete_plugin,
+              help="Processor to run; repeat for a pipeline (steps run in order).")
+@click.option("--option", "-O", "options", multiple=True, metavar="[PLUGIN.]KEY=VALUE",
+              help="Processor option; prefix with the plugin name in a pipeline.")
+@click.option("--output", "-o", "outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--recursive", "-r", is_flag=True, help="Watch sub-folders too.")
+@click.option("--after", type=click.Choice(AFTER), default="keep", show_default=True,
+              help="What to do with an input once processed.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="same", show_default=True)
+@click.option("--poll", is_flag=True, help="Poll instead of OS events (network drives).")
+@click.option("--poll-interval", type=float, default=1.0, show_default=True)
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Journal file [config daemon.journal].")
+@click.option("--workers", type=click.IntRange(min=1), help="Images in parallel [1].")
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
+@click.pass_obj
+def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: tuple[str, ...],
+          outdir: Path | None, recursive: bool, after: str, fmt: str, poll: bool,
+          poll_interval: float, journal: Path | None, workers: int | None,
+          provider: str | None) -> None:
+    """Watch folders and process every complete new file exactly once.
+
+    With INPUT_DIR, --plugin and -o: one ad-hoc rule. Without: the [[watch]] rules of
+    config.toml. Stop with Ctrl-C or SIGTERM; the images in hand are finished first.
+    """
+    from imgproc.journal import Journal
+    from imgproc.runtime import Runtime
+    from imgproc.watch import Daemon, build_watches
+
+    config = env.config.replace("runtime", provider=provider, workers=workers)
+    config = config.replace("daemon", journal=str(journal) if journal else None)
+    rules = config.watch
+    if input_dir is not None:
+        if not plugins or outdir is None:
+            raise UsageError("an ad-hoc watch needs INPUT_DIR, --plugin and -o OUTDIR")
+        rules = (WatchRule(input=input_dir, output=outdir, plugins=plugins,
+                           options=_pipeline_options(plugins, options), recursive=recursive,
+                           after=after, format=fmt, poll=poll, poll_interval=poll_interval),)
+    elif not rules:
+        raise UsageError("no [[watch]] rules in the config; or give INPUT_DIR --plugin -o OUTDIR")
+    watches = build_watches(rules, env.registry(), config.plugins)
+    store = Journal(config.daemon.journal_path())
+    daemon = Daemon(watches, runtime=Runtime(config.runtime), journal=store,
+                    output=config.output, settings=config.daemon,
+                    workers=config.runtime.workers)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.request_stop())
+    daemon.start()
+    try:
+        daemon.wait()
+    finally:
+        daemon.stop()
+        store.close()
+
+
+def _pipeline_options(plugins: tuple[str, ...], pairs: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        flat = parse_assignments(pairs)
+    except ValueError as exc:
+        raise UsageError(f"--option: {exc}") from None
+    per_plugin: dict[str, dict[str, str]] = {name: {} for name in plugins}
+    for key, value in flat.items():
+        plugin, dot, option = key.partition(".")
+        if dot and plugin in per_plugin:
+            per_plugin[plugin][option] = value
+        elif len(plugins) == 1:
+            per_plugin[plugins[0]][key] = value
+        else:
+            raise UsageError(f"--option {key}: in a pipeline, name the plugin: PLUGIN.{key}")
+    return per_plugin
+
+
+@cli.command()
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Journal file [config daemon.journal].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(env: Env, journal: Path | None, as_json: bool) -> None:
+    """Show the watch journal: how many inputs are in each state, and the last errors."""
+    from imgproc.journal import Journal
+
+    path = journal or env.config.daemon.journal_path()
+    if not path.exists():
+        raise UsageError(f"no journal at {path} (has `imgproc watch` run?)")
+    store = Journal(path)
+    try:
+        counts, errors = store.counts(), store.last_errors()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"journal": str(path), "counts": counts, "last_errors": [
+            {"path": e.path, "state": e.state, "attempts": e.attempts, "error": e.error}
+            for e in errors]}, indent=2))
+        return
+    click.echo(f"journal: {path}")
+    click.echo(", ".join(f"{state} {n}" for state, n in counts.items()))
+    for e in errors:
+        click.echo(f"{e.state} {e.path} (attempt {e.attempts}): {e.error}")
 
 
 def _describe(registry: Registry) -> dict[str, Any]:

@@ -73,13 +73,135 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class DaemonSettings:
+    """The watch daemon: journal location, retries, back-pressure, stability."""
+
+    journal: str = ""  # "" = $XDG_STATE_HOME/imgproc/journal.sqlite
+    max_attempts: int = 3
+    retry_backoff: float = 2.0  # seconds before the first retry, doubled for each next one
+    queue_size: int = 64  # complete files waiting for a worker: bounds memory under a burst
+    settle_seconds: float = 0.5  # size and mtime unchanged this long = complete (no close event)
+
+    def __post_init__(self) -> None:
+        _at_least("daemon.max_attempts", self.max_attempts, 1)
+        _at_least("daemon.queue_size", self.queue_size, 1)
+        for name in ("retry_backoff", "settle_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"daemon.{name}", "must not be negative")
+
+    def journal_path(self) -> Path:
+        """Return the journal file to use."""
+        if self.journal:
+            return Path(self.journal).expanduser()
+        state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+        return Path(state) / "imgproc" / "journal.sqlite"
+
+
+AFTER = ("keep", "move", "delete")
+IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.tif", "*.tiff", "*.bmp")
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """One watched folder: where from, which processors (a pipeline), where to, and after."""
+
+    input: Path
+    output: Path
+    plugins: tuple[str, ...]
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    recursive: bool = False
+    patterns: tuple[str, ...] = IMAGE_PATTERNS
+    after: str = "keep"
+    done_folder: Path | None = None
+    quarantine: Path | None = None
+    format: str = "same"
+    poll: bool = False
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("watch.after", self.after, AFTER)
+        _choice("watch.format", self.format, FORMATS)
+        if not self.plugins:
+            raise ConfigError("watch.plugins", "name a plugin (plugin = ...) or a pipeline "
+                              "(plugins = [...])")
+        if self.poll_interval <= 0:
+            raise ConfigError("watch.poll_interval", "must be positive")
+
+    @property
+    def name(self) -> str:
+        """Return the rule's name in logs and the journal: its input folder."""
+        return str(self.input)
+
+    def done_dir(self) -> Path:
+        """Return where `after = "move"` puts processed inputs (hidden inside the input)."""
+        return self.done_folder or self.input / ".imgproc-done"
+
+    def quarantine_dir(self) -> Path:
+        """Return where inputs that keep failing go, with a .reason.txt beside each."""
+        return self.quarantine or self.input / ".imgproc-quarantine"
+
+
+_RULE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "input": str, "output": str, "plugin": str, "plugins": list, "options": dict,
+    "recursive": bool, "patterns": list, "after": str, "done_folder": str, "quarantine": str,
+    "format": str, "poll": bool, "poll_interval": (int, float),
+}
+
+
+def parse_watch_rule(data: Mapping[str, Any], *, base: Path | None = None,
+                     index: int = 0) -> WatchRule:
+    """Return a WatchRule from a `[[watch]]` table; relative paths are taken from `base`."""
+    key = f"watch[{index}]"
+    for name, value in data.items():
+        if name not in _RULE_TYPES:
+            raise ConfigError(f"{key}.{name}", "unknown key; known: " + ", ".join(_RULE_TYPES))
+        expected = _RULE_TYPES[name]
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise ConfigError(f"{key}.{name}", f"wrong type {type(value).__name__}")
+    for name in ("input", "output"):
+        if name not in data:
+            raise ConfigError(f"{key}.{name}", "is required")
+    if "plugin" in data and "plugins" in data:
+        raise ConfigError(f"{key}.plugins", "give plugin or plugins, not both")
+    plugins = [data["plugin"]] if "plugin" in data else list(data.get("plugins", []))
+
+    def path(name: str) -> Path | None:
+        if not data.get(name):
+            return None
+        given = Path(data[name]).expanduser()
+        return given if given.is_absolute() or base is None else base / given
+
+    try:
+        return WatchRule(
+            input=path("input"), output=path("output"),  # type: ignore[arg-type]
+            plugins=tuple(_strings(f"{key}.plugins", plugins)),
+            options={n: dict(_table(f"{key}.options.{n}", o, None))
+                     for n, o in _table(f"{key}.options", data.get("options", {}), None).items()},
+            recursive=data.get("recursive", False),
+            patterns=tuple(_strings(f"{key}.patterns", data.get("patterns", IMAGE_PATTERNS))),
+            after=data.get("after", "keep"), done_folder=path("done_folder"),
+            quarantine=path("quarantine"), format=data.get("format", "same"),
+            poll=data.get("poll", False), poll_interval=float(data.get("poll_interval", 1.0)))
+    except ConfigError as exc:
+        raise ConfigError(exc.key.replace("watch.", f"{key}."), exc.reason) from None
+
+
+def _strings(key: str, values: Any) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(key, "expected a list of strings")
+    return list(values)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `plugins` maps a processor name to its option defaults."""
 
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    watch: tuple[WatchRule, ...] = ()
     source: Path | None = None
 
     def replace(self, section: str, **changes: Any) -> Config:
@@ -93,7 +215,7 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "output": OutputSettings,
-                              "logging": LoggingSettings}
+                              "logging": LoggingSettings, "daemon": DaemonSettings}
 
 
 def find_config(explicit: Path | None = None) -> Path | None:
@@ -125,11 +247,18 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     for key, value in data.items():
         if key == "plugins":
             sections[key] = _plugins(value, source)
+        elif key == "watch":
+            if not isinstance(value, list):
+                raise ConfigError("watch", "expected [[watch]] tables", source=source)
+            base = source.parent if source else None
+            sections[key] = tuple(parse_watch_rule(_table(f"watch[{i}]", rule, source),
+                                                   base=base, index=i)
+                                  for i, rule in enumerate(value))
         elif key in _SECTIONS:
             sections[key] = _build(_SECTIONS[key], key, _table(key, value, source), source)
         else:
             raise ConfigError(key, "unknown section; known: "
-                              + ", ".join([*_SECTIONS, "plugins"]), source=source)
+                              + ", ".join([*_SECTIONS, "plugins", "watch"]), source=source)
     return Config(**sections, source=source)
 
 

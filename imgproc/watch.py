@@ -1,0 +1,417 @@
+"""The watch-folder daemon: complete files only, exactly once per content, crash-safe.
+
+Events from a watchdog observer (or a start-up scan, or the journal) name candidate files. The
+Settler holds each candidate until it is complete: the close-after-write event where the
+platform has it, otherwise size and mtime unchanged for `settle_seconds`. Complete files go
+through a bounded queue to worker threads, which admit them through the journal (one entry per
+rule, path and content hash, so duplicates are dropped) and run the same `process_one` as
+`imgproc run`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import heapq
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from imgproc.batch import Job, Step, check_pipeline, process_one
+from imgproc.config import DaemonSettings, OutputSettings, WatchRule
+from imgproc.errors import UsageError
+from imgproc.images import TEMP_SUFFIX, output_suffix
+from imgproc.journal import Journal
+from imgproc.registry import Registry
+from imgproc.runtime import Runtime
+
+log = structlog.get_logger("imgproc.watch")
+
+IGNORED_SUFFIXES = (".part", ".tmp", "~", ".crdownload", ".partial", ".swp", TEMP_SUFFIX)
+TICK = 0.05  # seconds between stability checks
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A rule with its pipeline of resolved processors."""
+
+    rule: WatchRule
+    steps: tuple[Step, ...]
+
+    def wants(self, path: Path) -> bool:
+        """Return True if `path` is an input of this rule (not output, hidden or temporary)."""
+        rule = self.rule
+        try:
+            rel = path.relative_to(rule.input)
+        except ValueError:
+            return False
+        if any(part.startswith(".") for part in rel.parts) or path.name.endswith(
+                IGNORED_SUFFIXES):
+            return False
+        if not rule.recursive and len(rel.parts) != 1:
+            return False
+        if any(_inside(path, d) for d in (rule.output, rule.done_dir(), rule.quarantine_dir())):
+            return False
+        name = path.name.lower()
+        return any(fnmatch.fnmatch(name, p.lower()) for p in rule.patterns)
+
+    def output_for(self, path: Path) -> Path:
+        """Return the output path of an input: same relative path and stem, chosen format."""
+        rel = path.relative_to(self.rule.input)
+        return self.rule.output / rel.with_suffix(output_suffix(rel, self.rule.format))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def build_watches(rules: Sequence[WatchRule], registry: Registry,
+                  defaults: Mapping[str, Mapping[str, Any]]) -> list[Watch]:
+    """Return each rule bound to its processors, options resolved (defaults < config < rule)."""
+    watches = []
+    for rule in rules:
+        steps = []
+        for name in rule.plugins:
+            processor = registry.get(name).processor
+            options = processor.resolve_options(defaults.get(name, {}), rule.options.get(name, {}))
+            steps.append(Step(processor, options))
+        watches.append(Watch(rule, tuple(steps)))
+    return watches
+
+
+def check_watches(watches: Sequence[Watch]) -> None:
+    """Raise UsageError for a rule that cannot run safely."""
+    for watch in watches:
+        rule = watch.rule
+        check_pipeline(watch.steps)
+        if watch.steps[0].processor.inputs != 1:
+            raise UsageError(f"watch {rule.input}: {watch.steps[0].processor.name} takes "
+                             f"{watch.steps[0].processor.inputs} images; watch rules take one")
+        if rule.output.resolve() == rule.input.resolve():
+            raise UsageError(f"watch {rule.input}: the output folder is the input folder; "
+                             "outputs would be read back as inputs")
+        if not rule.input.is_dir():
+            raise UsageError(f"watch {rule.input}: input folder does not exist")
+
+
+@dataclass
+class _Candidate:
+    watch: int
+    size: int
+    mtime_ns: int
+    since: float
+    closed: bool
+
+
+class Settler:
+    """Holds candidate files until they are complete, then hands them to `deliver`."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._candidates: dict[Path, _Candidate] = {}
+        self._retries: list[tuple[float, int, str]] = []
+        self._lock = threading.Lock()
+
+    def note(self, watch: int, path: Path, *, closed: bool = False) -> None:
+        """Record an event on `path` (closed = the writer closed it after writing)."""
+        stat = _stat(path)
+        if stat is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            known = self._candidates.get(path)
+            if known is None:
+                log.info("detected", path=str(path))
+                self._candidates[path] = _Candidate(watch, *stat, now, closed)
+            elif closed:
+                known.closed, known.since = True, now
+
+    def retry_at(self, when: float, watch: int, path: Path) -> None:
+        """Offer `path` again at monotonic time `when` (a retry after a failure)."""
+        with self._lock:
+            heapq.heappush(self._retries, (when, watch, str(path)))
+
+    def ready(self) -> list[tuple[int, Path]]:
+        """Return (and forget) the candidates that are complete now, and due retries."""
+        now = time.monotonic()
+        out: list[tuple[int, Path]] = []
+        with self._lock:
+            while self._retries and self._retries[0][0] <= now:
+                _, watch, path = heapq.heappop(self._retries)
+                out.append((watch, Path(path)))
+            for path, cand in list(self._candidates.items()):
+                if self._complete(path, cand, now):
+                    del self._candidates[path]
+                    out.append((cand.watch, path))
+        return out
+
+    def _complete(self, path: Path, cand: _Candidate, now: float) -> bool:
+        stat = _stat(path)
+        if stat is None:  # gone (renamed away or deleted): a later event brings it back
+            del self._candidates[path]
+            return False
+        if stat != (cand.size, cand.mtime_ns):
+            cand.size, cand.mtime_ns, cand.since, cand.closed = *stat, now, False
+            return False
+        wait = TICK if cand.closed else self.settle_seconds
+        return now - cand.since >= wait
+
+    def idle(self) -> bool:
+        """Return True when no candidate and no retry is waiting."""
+        with self._lock:
+            return not self._candidates and not self._retries
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if path.is_file() else None
+
+
+class Handler(FileSystemEventHandler):
+    """Turns watchdog events into candidates: close-after-write, the final name of a rename,
+    creations and modifications. Everything else (reads, deletions, folders) is ignored."""
+
+    def __init__(self, watch: Watch, index: int, settler: Settler) -> None:
+        self.watch, self.index, self.settler = watch, index, settler
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            self._offer(event.dest_path, closed=False)
+        elif isinstance(event, FileClosedEvent):
+            self._offer(event.src_path, closed=True)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._offer(event.src_path, closed=False)
+
+    def _offer(self, raw: str | bytes, *, closed: bool) -> None:
+        path = Path(os.fsdecode(raw))
+        if self.watch.wants(path):
+            self.settler.note(self.index, path, closed=closed)
+
+
+class Daemon:
+    """Runs watch rules until stopped: observers, the settler, a bounded queue and workers."""
+
+    def __init__(self, watches: Sequence[Watch], *, runtime: Runtime, journal: Journal,
+                 output: OutputSettings, settings: DaemonSettings, workers: int = 1) -> None:
+        check_watches(watches)
+        self.watches = list(watches)
+        self.runtime, self.journal, self.output = runtime, journal, output
+        self.settings = settings
+        self.settler = Settler(settings.settle_seconds)
+        self.queue: queue.Queue[tuple[int, Path]] = queue.Queue(maxsize=settings.queue_size)
+        self._stop = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._observers: list[BaseObserver] = []
+        self._worker_count = max(1, workers)
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover the journal, start observers, scan for files that arrived while down."""
+        for watch in self.watches:
+            for step in watch.steps:
+                for model in step.processor.models:
+                    self.runtime.context(step.processor).session(model.name)
+        for watch in self.watches:
+            _sweep_temporaries(watch.rule.output)
+        done, queued = self.journal.recover()
+        log.info("daemon starting", rules=len(self.watches), recovered_done=done,
+                 recovered_queued=queued)
+        for index, watch in enumerate(self.watches):
+            self._observe(index, watch)
+        self._spawn(self._settle_loop, "imgproc-settler")
+        for n in range(self._worker_count):
+            self._spawn(self._work_loop, f"imgproc-worker-{n}")
+        for index, watch in enumerate(self.watches):
+            self._scan(index, watch)
+
+    def stop(self) -> None:
+        """Stop cleanly: the images in hand are finished, the rest wait for the next start."""
+        self._stop.set()
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join()
+        for thread in self._threads:
+            thread.join()
+        log.info("daemon stopped", **self.journal.counts())
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (safe from a signal handler); `wait` then returns."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until request_stop() is called from another thread or a signal handler."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Return True once nothing is waiting, queued or in hand (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._busy_lock:
+                busy = self._busy
+            if busy == 0 and self.queue.empty() and self.settler.idle():
+                return True
+            time.sleep(TICK)
+        return False
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _observe(self, index: int, watch: Watch) -> None:
+        rule = watch.rule
+        observer = PollingObserver(timeout=rule.poll_interval) if rule.poll else Observer()
+        observer.schedule(Handler(watch, index, self.settler), str(rule.input),
+                          recursive=rule.recursive)
+        observer.start()
+        self._observers.append(observer)
+
+    def _scan(self, index: int, watch: Watch) -> None:
+        for entry in self.journal.pending(watch.rule.name):
+            self.settler.note(index, Path(entry.path))
+        pattern = "**/*" if watch.rule.recursive else "*"
+        for path in sorted(watch.rule.input.glob(pattern)):
+            if watch.wants(path):
+                self.settler.note(index, path)
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _settle_loop(self) -> None:
+        while not self._stop.is_set():
+            for item in self.settler.ready():
+                with self._busy_lock:
+                    self._busy += 1  # counted from here so wait_idle never sees a gap
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=TICK)  # back-pressure on a burst
+                        break
+                    except queue.Full:
+                        continue
+                else:
+                    return
+            self._stop.wait(TICK)
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                index, path = self.queue.get(timeout=TICK)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(self.watches[index], index, path)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    # -- one file -------------------------------------------------------------------------
+
+    def _handle(self, watch: Watch, index: int, path: Path) -> None:
+        facts = _fingerprint(path)
+        if facts is None:
+            return
+        size, mtime_ns, digest = facts
+        if _stat(path) != (size, mtime_ns):  # changed while hashing: not complete yet
+            self.settler.note(index, path)
+            return
+        entry = self.journal.admit(watch.rule.name, path, size=size, mtime_ns=mtime_ns,
+                                   sha256=digest)
+        if entry is None:
+            log.debug("already processed or in hand", path=str(path))
+            return
+        output = watch.output_for(path)
+        if not self.journal.start(entry.id, output):
+            return
+        log.info("started", path=str(path), rule=watch.rule.name, attempt=entry.attempts + 1)
+        outcome = process_one(Job((path,), output), watch.steps, self.runtime, self.output)
+        if outcome.status == "done":
+            self.journal.finish(entry.id, ms=outcome.ms)
+            self._after(watch, path)
+            return
+        self._failed(watch, index, path, entry.id, entry.attempts + 1, outcome.reason or "")
+
+    def _after(self, watch: Watch, path: Path) -> None:
+        rule = watch.rule
+        if rule.after == "delete":
+            path.unlink(missing_ok=True)
+        elif rule.after == "move":
+            _move_into(path, rule.done_dir() / path.relative_to(rule.input))
+
+    def _failed(self, watch: Watch, index: int, path: Path, entry_id: int, attempts: int,
+                reason: str) -> None:
+        if attempts < self.settings.max_attempts:
+            delay = self.settings.retry_backoff * 2 ** (attempts - 1)
+            self.journal.fail(entry_id, reason, retry_at=time.time() + delay)
+            self.settler.retry_at(time.monotonic() + delay, index, path)
+            log.warning("failed, will retry", path=str(path), reason=reason, attempt=attempts,
+                        retry_in_s=delay)
+            return
+        target = _move_into(path, watch.rule.quarantine_dir() / path.relative_to(
+            watch.rule.input))
+        target.with_name(target.name + ".reason.txt").write_text(
+            f"{path}\nquarantined after {attempts} attempts\nlast error: {reason}\n")
+        self.journal.fail(entry_id, reason, retry_at=None)
+        log.error("quarantined", path=str(path), reason=reason, attempts=attempts,
+                  moved_to=str(target))
+
+
+def _fingerprint(path: Path) -> tuple[int, int, str] | None:
+    stat = _stat(path)
+    if stat is None:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        log.warning("cannot read", path=str(path), reason=exc.strerror or str(exc))
+        return None
+    return stat[0], stat[1], digest.hexdigest()
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove temporary outputs a killed run left behind (the daemon owns its output tree)."""
+    if folder.is_dir():
+        for stale in folder.rglob(f".*{TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+            log.info("removed a half-written output", path=str(stale))
+
+
+def _move_into(path: Path, target: Path) -> Path:
+    """Move `path` to `target` (numbered if taken) and return where it went."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = target, 1
+    while candidate.exists():
+        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
+        n += 1
+    shutil.move(path, candidate)
+    return candidate
