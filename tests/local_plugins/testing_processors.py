@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,12 @@ def explode(images: list[np.ndarray], *, options: dict[str, Any], context: Any) 
     raise RuntimeError("boom")
 
 
+def slow(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the image after sleeping, so a test can kill a daemon in the middle of one."""
+    time.sleep(options["seconds"])
+    return images[0]
+
+
 def grey(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
     """Return one channel: the mean of R, G, B."""
     return images[0].mean(axis=2, keepdims=True)
@@ -42,4 +49,6 @@ def imgproc_processors() -> list[Processor]:
         Processor("mean2", "Average two images.", mean2, inputs=2),
         Processor("explode", "Always raise.", explode),
         Processor("grey", "Return a one-channel grey image.", grey),
+        Processor("slow", "Sleep, then return the image.", slow,
+                  options=(Option("seconds", float, 0.0, "how long to sleep", min=0.0),)),
     ]

@@ -1,0 +1,104 @@
+"""Tests of the super-resolution protocol code, network shapes and resumable trainer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+skimage_data = pytest.importorskip("skimage.data")
+
+from exporters import superres  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    """Return a 256x250x3 uint8 crop of scikit-image's astronaut."""
+    return skimage_data.astronaut()[:256, 100:350]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4], ids=["x2", "x3", "x4"])
+def test_bicubic_psnr_is_finite_and_self_psnr_is_inf(astronaut: np.ndarray, scale: int) -> None:
+    hr = superres.crop_to_multiple(astronaut, scale)
+    lr = np.asarray(superres.make_lr(Image.fromarray(astronaut), scale))
+    sr = superres.bicubic_upscale(lr, scale)
+    psnr = superres.psnr_y(sr, hr, scale)
+    assert 20.0 < psnr < 40.0
+    assert superres.psnr_y(hr, hr, scale) == math.inf
+    assert 0.5 < superres.ssim_y(sr, hr, scale) < superres.ssim_y(hr, hr, scale) + 1e-9
+    assert superres.ssim_y(hr, hr, scale) == pytest.approx(1.0)
+
+
+def test_make_lr_crops_to_a_multiple_of_the_scale() -> None:
+    lr = superres.make_lr(Image.new("RGB", (101, 75)), 3)
+    assert lr.size == (33, 25)
+
+
+def test_rgb_to_y_spans_16_to_235(astronaut: np.ndarray) -> None:
+    black, white = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
+    assert superres.rgb_to_y(black) == pytest.approx(16.0)
+    assert superres.rgb_to_y(white) == pytest.approx(235.0, abs=1e-9)
+    y = superres.rgb_to_y(astronaut)
+    assert y.shape == astronaut.shape[:2]
+    assert y.min() >= 16.0 and y.max() <= 235.0
+    np.testing.assert_allclose(superres.rgb_to_y(astronaut / 255.0), y)
+
+
+@pytest.mark.parametrize("preset", ["best", "fast"])
+@pytest.mark.parametrize("scale", [2, 3, 4], ids=["x2", "x3", "x4"])
+@pytest.mark.parametrize("size", [(7, 5), (1, 1)], ids=["7x5", "1x1"])
+def test_model_output_is_scale_times_input(preset: str, scale: int, size: tuple[int, int]) -> None:
+    model = superres.build_model(preset).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, *size), scale)
+        fixed = superres.FixedScale(model, scale)(torch.rand(2, 3, *size))
+    assert out.shape == (1, 3, size[0] * scale, size[1] * scale)
+    assert fixed.shape == (2, 3, size[0] * scale, size[1] * scale)
+    assert torch.isfinite(out).all() and fixed.min() >= 0.0 and fixed.max() <= 1.0
+
+
+@pytest.mark.parametrize("loss", ["l1", "psnr_ssim"])
+def test_losses_are_finite_and_differentiable(loss: str) -> None:
+    sr = torch.rand(2, 3, 24, 24, requires_grad=True)
+    value = superres.loss_value(loss, sr, torch.rand(2, 3, 24, 24), 2)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(sr.grad).all()
+
+
+@pytest.fixture
+def image_dirs(tmp_path: Path, astronaut: np.ndarray) -> tuple[Path, Path]:
+    """Return (train dir, val dir) holding a few small PNG crops of scikit-image pictures."""
+    train, val = tmp_path / "train", tmp_path / "val"
+    train.mkdir()
+    val.mkdir()
+    for i, img in enumerate([astronaut[:96, :96], astronaut[150:246, 100:210],
+                             skimage_data.coffee()[:100, :120]]):
+        Image.fromarray(img).save(train / f"{i}.png")
+    Image.fromarray(skimage_data.chelsea()[:40, :52]).save(val / "v.png")
+    return train, val
+
+
+def test_training_writes_a_checkpoint_and_resumes(tmp_path: Path,
+                                                  image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+
+    def config(steps: int) -> superres.TrainConfig:
+        return superres.TrainConfig(out=tmp_path / "run", preset="fast", steps=steps, batch=2,
+                                    patch=12, val_every=3, ckpt_every=3, threads=1,
+                                    device="cpu", train_dirs=[train_dir], val_dir=val_dir)
+
+    first = superres.train(config(3))
+    assert first.start_step == 0 and first.step == 3
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 3 and ckpt["preset"] == "fast"
+    assert (tmp_path / "run" / "best.pt").exists()
+
+    second = superres.train(config(5))
+    assert second.start_step == 3 and second.step == 5
+    assert [row["step"] for row in second.history] == [3, 5]
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(math.isfinite(r["psnr_x4"]) for r in second.history)
