@@ -192,7 +192,7 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
     """
     from imgproc.journal import Journal
     from imgproc.runtime import Runtime
-    from imgproc.watch import Daemon, build_watches
+    from imgproc.watch import Daemon, build_watches, check_watches
 
     config = env.config.replace("runtime", provider=provider, workers=workers)
     config = config.replace("daemon", journal=str(journal) if journal else None)
@@ -206,6 +206,7 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
     elif not rules:
         raise UsageError("no [[watch]] rules in the config; or give INPUT_DIR --plugin -o OUTDIR")
     watches = build_watches(rules, env.registry(), config.plugins)
+    check_watches(watches)  # before the journal file is created
     store = Journal(config.daemon.journal_path())
     daemon = Daemon(watches, runtime=Runtime(config.runtime), journal=store,
                     output=config.output, settings=config.daemon,

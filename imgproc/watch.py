@@ -143,6 +143,7 @@ class Settler:
                 log.info("detected", path=str(path))
                 self._candidates[path] = _Candidate(watch, *stat, now, closed)
             elif closed:
+                known.size, known.mtime_ns = stat
                 known.closed, known.since = True, now
 
     def retry_at(self, when: float, watch: int, path: Path) -> None:
@@ -172,7 +173,7 @@ class Settler:
         if stat != (cand.size, cand.mtime_ns):
             cand.size, cand.mtime_ns, cand.since, cand.closed = *stat, now, False
             return False
-        wait = TICK if cand.closed else self.settle_seconds
+        wait = 0.0 if cand.closed else self.settle_seconds
         return now - cand.since >= wait
 
     def idle(self) -> bool:
@@ -190,8 +191,9 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 class Handler(FileSystemEventHandler):
-    """Turns watchdog events into candidates: close-after-write, the final name of a rename,
-    creations and modifications. Everything else (reads, deletions, folders) is ignored."""
+    """Turns watchdog events into candidates: close-after-write and the final name of a rename
+    (complete files), creations and modifications (settled by size and mtime). Everything else
+    (reads, deletions, folders) is ignored."""
 
     def __init__(self, watch: Watch, index: int, settler: Settler) -> None:
         self.watch, self.index, self.settler = watch, index, settler
@@ -200,7 +202,8 @@ class Handler(FileSystemEventHandler):
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            self._offer(event.dest_path, closed=False)
+            # Renaming a finished temporary file into place is a completion signal too.
+            self._offer(event.dest_path, closed=True)
         elif isinstance(event, FileClosedEvent):
             self._offer(event.src_path, closed=True)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):

@@ -192,3 +192,18 @@ def test_alpha_exif_and_orientation_survive_a_run(run_cli: Run, tmp_path: Path) 
         assert out.getexif()[0x013B] == "round trip" and out.getexif().get(0x0112, 1) == 1
         alpha = np.asarray(out.getchannel("A"))
         assert alpha[:8].max() < 30 and alpha[12:].min() > 225  # the band is now on top
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["watch", "in"], "needs INPUT_DIR, --plugin and -o"),
+    (["watch"], "no [[watch]] rules"),
+    (["watch", "in", "-p", "sepia", "-p", "grey", "-O", "strength=1", "-o", "out"],
+     "name the plugin: PLUGIN.strength"),
+    (["watch", "missing", "-p", "sepia", "-o", "out"], "input folder does not exist"),
+    (["status", "--journal", "none.sqlite"], "no journal at none.sqlite"),
+], ids=["adhoc-incomplete", "no-rules", "ambiguous-option", "no-input", "no-journal"])
+def test_watch_usage_errors(run_cli: Run, tmp_path: Path, args: list[str],
+                            message: str) -> None:
+    (tmp_path / "in").mkdir()
+    result = run_cli(*args)
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def test_the_documented_example_holds_the_defaults() -> None:
     assert config.runtime == Config().runtime
     assert config.output == Config().output
     assert config.logging == Config().logging
+    assert config.daemon == Config().daemon and config.watch == ()
 
 
 @pytest.mark.parametrize(("data", "key", "reason"), [
@@ -76,3 +78,33 @@ def test_replace_keeps_config_values_the_cli_did_not_give() -> None:
     config = parse_config({"runtime": {"workers": 3, "provider": "cpu"}})
     updated = config.replace("runtime", provider=None, workers=2)
     assert (updated.runtime.workers, updated.runtime.provider) == (2, "cpu")
+
+
+def test_watch_rules_parse_with_paths_from_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[[watch]]\ninput = "in"\noutput = "/abs/out"\nplugins = ["a", "b"]\n'
+                    'after = "move"\n[watch.options.a]\nlevel = 2\n'
+                    '[[watch]]\ninput = "in2"\noutput = "out2"\nplugin = "c"\npoll = true\n')
+    first, second = load_config(path).watch
+    assert (first.input, first.output, first.plugins) == (tmp_path / "in", Path("/abs/out"),
+                                                          ("a", "b"))
+    assert first.after == "move" and first.options == {"a": {"level": 2}}
+    assert first.done_dir() == tmp_path / "in" / ".imgproc-done"
+    assert second.plugins == ("c",) and second.poll
+
+
+@pytest.mark.parametrize(("rule", "key", "reason"), [
+    ({"output": "o", "plugin": "p"}, "watch[0].input", "is required"),
+    ({"input": "i", "output": "o"}, "watch[0].plugins", "name a plugin"),
+    ({"input": "i", "output": "o", "plugin": "p", "plugins": ["q"]}, "watch[0].plugins",
+     "not both"),
+    ({"input": "i", "output": "o", "plugin": "p", "after": "shred"}, "watch[0].after",
+     "not one of keep, move, delete"),
+    ({"input": "i", "output": "o", "plugin": "p", "recursive": "yes"}, "watch[0].recursive",
+     "wrong type str"),
+    ({"input": "i", "output": "o", "plugin": "p", "colour": 1}, "watch[0].colour",
+     "unknown key"),
+], ids=["no-input", "no-plugin", "both", "after", "type", "unknown"])
+def test_bad_watch_rules_name_the_key(rule: dict, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{re.escape(key)}'.*{reason}"):
+        parse_config({"watch": [rule]})

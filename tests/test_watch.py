@@ -107,7 +107,7 @@ def _settled(daemon: Daemon, *, done: int = 0, quarantined: int = 0) -> None:
     (FileCreatedEvent("{in}/a.png"), ["a.png"]),
     (FileModifiedEvent("{in}/a.png"), ["a.png"]),
     (FileClosedEvent("{in}/a.png"), ["a.png (closed)"]),
-    (FileMovedEvent("{in}/a.png.part", "{in}/a.png"), ["a.png"]),
+    (FileMovedEvent("{in}/a.png.part", "{in}/a.png"), ["a.png (closed)"]),
     (FileCreatedEvent("{in}/a.png.part"), []),
     (FileCreatedEvent("{in}/a.png.tmp"), []),
     (FileCreatedEvent("{in}/a.png~"), []),
