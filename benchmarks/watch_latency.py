@@ -100,9 +100,9 @@ def run() -> str:
         f"Burst of {BURST} files: **{rate:.1f} images/s** sustained, from the first file "
         "landing to the last output.", "",
         "A close-after-write event or a rename into place marks a file complete at the next "
-        "50 ms stability tick (size and mtime unchanged); a file with neither (a polling observer, or a writer that "
-        f"never closes) waits `daemon.settle_seconds` ({DaemonSettings().settle_seconds} s) "
-        "of unchanged size and mtime."])
+        "50 ms stability tick (size and mtime unchanged); a file with neither (a polling "
+        "observer, or a writer that never closes) waits `daemon.settle_seconds` "
+        f"({DaemonSettings().settle_seconds} s) of unchanged size and mtime."])
 
 
 def _row(label: str, ms: list[float]) -> str:
