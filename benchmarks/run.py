@@ -59,7 +59,9 @@ def _replace(text: str, name: str, section: str) -> str:
 def _machine() -> str:
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = os.getloadavg()[0]  # other work on the machine skews timings: say how much
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average {load:.1f} when it started")
 
 
 if __name__ == "__main__":
