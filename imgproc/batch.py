@@ -223,7 +223,7 @@ def check_pipeline(steps: Sequence[Step]) -> None:
     if not steps:
         raise UsageError("a pipeline needs at least one processor")
     for step in steps[1:]:
-        if step.processor.inputs != 1:
+        if step.processor.arity(step.options) != 1:
             raise UsageError(f"{step.processor.name} takes {step.processor.inputs} images and "
                              "can only be the first step of a pipeline")
 
@@ -238,7 +238,8 @@ def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
         pictures = [read_image(p, max_pixels=runtime.settings.max_image_pixels)
                     for p in job.inputs]
         for step, context in zip(steps, contexts, strict=True):
-            pictures = [_run(step, pictures, context, job.inputs[0])]
+            fixed = [runtime.fixed_image(p) for p in step.processor.image_options(step.options)]
+            pictures = [_run(step, pictures + fixed, context, job.inputs[0])]
         notes = write_image(job.output, pictures[0], jpeg_quality=output.jpeg_quality,
                             webp_quality=output.webp_quality)
     except ImageError as exc:
@@ -286,6 +287,11 @@ def prepare(steps: Sequence[Step], runtime: Runtime) -> None:
     before any image is read."""
     check_pipeline(steps)
     for step in steps:
+        for path in step.processor.image_options(step.options):
+            try:
+                runtime.fixed_image(path)  # a bad fixed image stops the work before any job
+            except ImageError as exc:
+                raise UsageError(f"{step.processor.name}: image option: {exc}") from None
         context = runtime.context(step.processor)
         for model in step.processor.models:
             context.session(model.name)

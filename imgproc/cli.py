@@ -100,8 +100,8 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
     except ValueError as exc:
         raise UsageError(f"--option: {exc}") from None
     values = processor.resolve_options(config.plugins.get(plugin, {}), cli_options)
-    plan = batch.plan_batch(list(inputs), outdir, arity=processor.inputs, recursive=recursive,
-                            fmt=config.output.format)
+    plan = batch.plan_batch(list(inputs), outdir, arity=processor.arity(values),
+                            recursive=recursive, fmt=config.output.format)
     if dry_run:
         _report_plan(plan, skip_existing, as_json)
         sys.exit(1 if any(o.status == "failed" for o in plan.rejected) else 0)

@@ -32,6 +32,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
+    image: bool = False  # a path to an image the host reads once and adds to the inputs
 
     def parse(self, raw: object, *, processor: str) -> Any:
         """Return `raw` (a CLI string or a TOML value) converted and checked against this option."""
@@ -46,6 +47,8 @@ class Option:
         for key in ("choices", "min", "max"):
             if getattr(self, key) is not None:
                 info[key] = getattr(self, key)
+        if self.image:
+            info["image"] = True
         return info
 
     def _convert(self, raw: object, processor: str) -> Any:
@@ -141,6 +144,8 @@ class Processor:
             raise ValueError(f"processor {self.name}: summary must be one non-empty line")
         if self.inputs < 1:
             raise ValueError(f"processor {self.name}: inputs must be at least 1")
+        if any(o.image and o.type is not str for o in self.options):
+            raise ValueError(f"processor {self.name}: image options must have type str")
         names = [o.name for o in self.options]
         if len(names) != len(set(names)):
             raise ValueError(f"processor {self.name}: duplicate option names {names}")
@@ -164,6 +169,14 @@ class Processor:
                 raise OptionError(self.name, None, f"validate() raised {type(exc).__name__}: "
                                   f"{exc}") from exc
         return values
+
+    def image_options(self, options: Mapping[str, Any]) -> list[Path]:
+        """Return the fixed images named by image options (added after the batch's inputs)."""
+        return [Path(options[o.name]) for o in self.options if o.image and options.get(o.name)]
+
+    def arity(self, options: Mapping[str, Any]) -> int:
+        """Return how many images each job supplies, once image options are set."""
+        return self.inputs - len(self.image_options(options))
 
     def model(self, name: str) -> ModelFile:
         """Return the declared model called `name`."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from imgproc.config import RuntimeSettings
+from imgproc.images import Picture, read_image
 from imgproc.processor import Processor
 from imgproc.session import Session, SessionPool
 from imgproc.tiles import process_tiled
@@ -21,9 +24,19 @@ class Runtime:
     sessions: SessionPool = field(init=False)
 
     def __post_init__(self) -> None:
+        self._fixed: dict[Path, Picture] = {}
+        self._lock = threading.Lock()
         self.sessions = SessionPool(provider=self.settings.provider,
                                     intra_op_threads=self.settings.intra_op_threads,
                                     inter_op_threads=self.settings.inter_op_threads)
+
+    def fixed_image(self, path: Path) -> Picture:
+        """Return an image named by an image option, read once and shared by every job."""
+        key = path.resolve()
+        with self._lock:
+            if key not in self._fixed:
+                self._fixed[key] = read_image(path, max_pixels=self.settings.max_image_pixels)
+            return self._fixed[key]
 
     def context(self, processor: Processor) -> Context:
         """Return a fresh per-image context for `processor`."""

@@ -103,9 +103,11 @@ def check_watches(watches: Sequence[Watch]) -> None:
     for watch in watches:
         rule = watch.rule
         check_pipeline(watch.steps)
-        if watch.steps[0].processor.inputs != 1:
-            raise UsageError(f"watch {rule.input}: {watch.steps[0].processor.name} takes "
-                             f"{watch.steps[0].processor.inputs} images; watch rules take one")
+        first = watch.steps[0]
+        if first.processor.arity(first.options) != 1:
+            raise UsageError(f"watch {rule.input}: {first.processor.name} takes "
+                             f"{first.processor.inputs} images; watch rules take one (set its "
+                             "image options to fixed files)")
         if rule.output.resolve() == rule.input.resolve():
             raise UsageError(f"watch {rule.input}: the output folder is the input folder; "
                              "outputs would be read back as inputs")

@@ -207,3 +207,18 @@ def test_watch_usage_errors(run_cli: Run, tmp_path: Path, args: list[str],
     (tmp_path / "in").mkdir()
     result = run_cli(*args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_an_image_option_gives_every_input_the_same_partner(run_cli: Run, tmp_path: Path,
+                                                            write_image: Callable) -> None:
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "in" / name)
+    partner = write_image(tmp_path / "fixed.png", size=(12, 8))
+    result = run_cli("run", "-p", "mean2", "-O", f"with={partner}", "in", "-o", "out")
+    assert result.exit_code == 0, result.output
+    for name in ("a.png", "b.png"):
+        src = read_rgb(tmp_path / "in" / name)
+        assert np.abs(read_rgb(tmp_path / "out" / name) - src).max() > 0.01  # really mixed
+        assert read_rgb(tmp_path / "out" / name).shape == src.shape
+    missing = run_cli("run", "-p", "mean2", "-O", "with=nope.png", "in", "-o", "out2")
+    assert missing.exit_code == 2 and "nope.png: file not found" in missing.output

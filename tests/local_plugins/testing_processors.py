@@ -46,7 +46,8 @@ def imgproc_processors() -> list[Processor]:
     return [
         Processor("identity", "Return the image unchanged.", identity,
                   options=(Option("scale", int, 1, "integer upscale", min=1, max=8),)),
-        Processor("mean2", "Average two images.", mean2, inputs=2),
+        Processor("mean2", "Average two images.", mean2, inputs=2,
+                  options=(Option("with", str, None, "one fixed second image", image=True),)),
         Processor("explode", "Always raise.", explode),
         Processor("grey", "Return a one-channel grey image.", grey),
         Processor("slow", "Sleep, then return the image.", slow,
