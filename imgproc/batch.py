@@ -21,6 +21,7 @@ from imgproc.images import (
     Picture,
     output_suffix,
     read_image,
+    write_atomic,
     write_image,
 )
 from imgproc.processor import Processor
@@ -48,11 +49,13 @@ class Outcome:
     reason: str | None = None
     ms: float = 0.0
     provider: str = "none"
+    extras: tuple[Path, ...] = ()  # files a processor asked to write beside the output
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         data = asdict(self)
         data["inputs"] = [str(p) for p in self.inputs]
+        data["extras"] = [str(p) for p in self.extras]
         data["output"] = str(self.output) if self.output else None
         data["ms"] = round(self.ms, 2)
         return data
@@ -242,6 +245,7 @@ def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
             pictures = [_run(step, pictures + fixed, context, job.inputs[0])]
         notes = write_image(job.output, pictures[0], jpeg_quality=output.jpeg_quality,
                             webp_quality=output.webp_quality)
+        extras = _write_extras(job.output, contexts, output)
     except ImageError as exc:
         ms = (time.perf_counter() - start) * 1000
         provider = _providers(contexts)
@@ -251,8 +255,24 @@ def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
     ms = (time.perf_counter() - start) * 1000
     provider = _providers(contexts)
     log.info("image done", path=str(job.inputs[0]), output=str(job.output), plugin=names,
-             ms=round(ms, 1), provider=provider, **({"notes": notes} if notes else {}))
-    return Outcome(job.inputs, job.output, "done", None, ms, provider)
+             ms=round(ms, 1), provider=provider, **({"notes": notes} if notes else {}),
+             **({"extras": [str(p) for p in extras]} if extras else {}))
+    return Outcome(job.inputs, job.output, "done", None, ms, provider, tuple(extras))
+
+
+def _write_extras(output: Path, contexts: Sequence[Context],
+                  settings: OutputSettings) -> list[Path]:
+    written = []
+    for context in contexts:
+        for suffix, data in context.extra_outputs.items():
+            path = output.with_name(f"{output.stem}.{suffix}")
+            if isinstance(data, bytes):
+                write_atomic(path, lambda fh, data=data: fh.write(data))
+            else:
+                write_image(path, Picture(np.asarray(data, dtype=np.float32)),
+                            jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality)
+            written.append(path)
+    return written
 
 
 def _providers(contexts: Sequence[Context]) -> str:

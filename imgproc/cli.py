@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -33,7 +34,14 @@ class Env:
 
 
 class _Group(click.Group):
-    """Turns the library's typed errors into messages: usage errors exit 2, the rest 1."""
+    """Adds plugins' commands, and turns the library's typed errors into messages: usage
+    errors exit 2, the rest 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugin_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or _plugin_commands(ctx).get(name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -60,6 +68,13 @@ def cli(ctx: click.Context, config_path: Path | None, plugins_dir: Path | None,
     config = config.replace("logging", level=log_level, format="json" if log_json else None)
     configure_logging(level=config.logging.level, fmt=config.logging.format)
     ctx.obj = Env(config, plugins_dir)
+
+
+def _plugin_commands(ctx: click.Context) -> dict[str, click.Command]:
+    # --help is eager and runs before --plugins-dir is stored: fall back to its variable.
+    plugins_dir = ctx.find_root().params.get("plugins_dir") or os.environ.get(
+        "IMGPROC_PLUGINS_DIR")
+    return load_registry(plugins_dir=Path(plugins_dir) if plugins_dir else None).commands
 
 
 def _complete_plugin(ctx: click.Context, param: click.Parameter,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from imgproc.processor import Processor
+
+if TYPE_CHECKING:
+    import click
 
 PROJECT = "imgproc"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -20,5 +24,16 @@ def imgproc_processors() -> Sequence[Processor]:
     Called once when the registry loads. Every plugin's list is collected; processor names
     must be unique across plugins: the first found (entry points in sys.path order) wins and
     a later duplicate is set aside and reported, never silently replaced.
+    """
+    raise NotImplementedError  # pragma: no cover - a specification, never called
+
+
+@hookspec
+def imgproc_commands() -> Sequence[click.Command]:
+    """Return extra `imgproc` sub-commands (click commands) this plugin provides.
+
+    For tools that only make sense beside a processor, such as `imgproc render` for networks
+    saved by `refit`. Every plugin's list is collected; a name that is already taken (by the
+    host or an earlier plugin) is set aside and reported.
     """
     raise NotImplementedError  # pragma: no cover - a specification, never called

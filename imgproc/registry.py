@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,6 +49,7 @@ class Registry:
 
     processors: dict[str, Registered] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    commands: dict[str, Any] = field(default_factory=dict)  # name -> click.Command
 
     def get(self, name: str) -> Registered:
         """Return the processor called `name`, or raise PluginNotFound listing what exists."""
@@ -138,16 +139,29 @@ def _check_decorated(pm: pluggy.PluginManager, name: str) -> None:
 
 def _collect(pm: pluggy.PluginManager, registry: Registry,
              sources: dict[str, tuple[str, str]]) -> None:
-    for impl in pm.hook.imgproc_processors.get_hookimpls():
+    for impl, found in _call_each(pm, registry, sources, "imgproc_processors"):
         dist, version = sources.get(impl.plugin_name, ("unknown", "unknown"))
-        try:
-            found = list(impl.function())
-        except Exception as exc:  # same: one plugin's bug is its own
-            _fail(registry, impl.plugin_name, dist, f"imgproc_processors() raised "
-                  f"{type(exc).__name__}: {exc}")
-            continue
         for processor in found:
             _add(registry, Registered(processor, impl.plugin_name, dist, version))
+    for impl, found in _call_each(pm, registry, sources, "imgproc_commands"):
+        for command in found:
+            name = getattr(command, "name", None)
+            if not name or name in registry.commands:
+                _fail(registry, impl.plugin_name, sources.get(impl.plugin_name, ("?",))[0],
+                      f"command {name!r} is unnamed or already provided")
+            else:
+                registry.commands[name] = command
+
+
+def _call_each(pm: pluggy.PluginManager, registry: Registry,
+               sources: dict[str, tuple[str, str]], hook: str) -> Iterator[tuple[Any, list]]:
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        try:
+            yield impl, list(impl.function())
+        except Exception as exc:  # same: one plugin's bug is its own
+            dist = sources.get(impl.plugin_name, ("unknown",))[0]
+            _fail(registry, impl.plugin_name, dist, f"{hook}() raised "
+                  f"{type(exc).__name__}: {exc}")
 
 
 def _add(registry: Registry, entry: Registered) -> None:

@@ -50,12 +50,26 @@ class Context:
         self.runtime = runtime
         self.processor = processor
         self.providers: set[str] = set()
+        self.extra_outputs: dict[str, np.ndarray | bytes] = {}
 
     def session(self, model: str) -> Session:
         """Return the shared session of the processor's model called `model`."""
         session = self.runtime.sessions.get(self.processor.model(model))
         self.providers.add(session.provider)
         return session
+
+    def transient_session(self, name: str, data: bytes) -> Session:
+        """Return a session for a model built for this image alone (e.g. a fitted network)."""
+        session = self.runtime.sessions.transient(name, data)
+        self.providers.add(session.provider)
+        return session
+
+    def add_output(self, suffix: str, data: np.ndarray | bytes) -> None:
+        """Ask the host to write `data` beside the main output as <stem>.<suffix>: an image
+        (H x W x 1|3 floats in [0, 1], format from the suffix) or raw bytes (e.g. ONNX)."""
+        if "/" in suffix or suffix.startswith(".") or "." not in suffix:
+            raise ValueError(f"extra output suffix must look like 'name.ext', got {suffix!r}")
+        self.extra_outputs[suffix] = data
 
     def tiled(self, fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *,
               scale: int = 1) -> np.ndarray:

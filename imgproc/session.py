@@ -92,14 +92,21 @@ class SessionPool:
         with self._lock:
             return list(self._sessions.values())
 
-    def _create(self, model: ModelFile) -> Session:
+    def transient(self, name: str, data: bytes) -> Session:
+        """Return a session for an in-memory model made for one image (a fitted network),
+        with the same provider choice as every other session; it is not cached."""
+        digest = hashlib.sha256(data).hexdigest()
+        return self._create(ModelFile(name, Path(f"<in-memory {name}>"), digest), data)
+
+    def _create(self, model: ModelFile, data: bytes | None = None) -> Session:
         import onnxruntime
 
-        _verify(model)
+        if data is None:
+            _verify(model)
         providers = choose_providers(self.provider, available_providers())
         try:
-            inner = onnxruntime.InferenceSession(str(model.path), self._options(onnxruntime),
-                                                 providers=providers)
+            inner = onnxruntime.InferenceSession(data if data is not None else str(model.path),
+                                                 self._options(onnxruntime), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"model {model.name} ({model.path}) failed to load: {exc}") from exc
         actual = inner.get_providers()[0]
@@ -107,7 +114,9 @@ class SessionPool:
             # ONNX Runtime falls back to the CPU silently when CUDA libraries are missing.
             raise ProviderError(f"provider 'cuda' was requested but model {model.name} got "
                                 f"{actual}: the CUDA libraries (CUDA 12/13, cuDNN 9) did not load")
-        log.info("session created", model=model.name, provider=actual, requested=self.provider)
+        if data is None:  # per-image sessions would flood the log
+            log.info("session created", model=model.name, provider=actual,
+                     requested=self.provider)
         return Session(model, actual, inner)
 
     def _options(self, ort: Any) -> Any:

@@ -50,7 +50,7 @@ def _validate(image: np.ndarray, scale: int, tile: int, overlap: int) -> None:
                          f"got overlap={overlap}, tile={tile}")
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Return the start offsets of tiles covering [0, length) along one axis."""
     if length <= tile:
         return [0]
@@ -81,7 +81,7 @@ def _axis(length: int, tile: int, overlap: int, scale: int) -> tuple[list[AxisTi
     tiles: list[AxisTile] = []
     total = np.zeros(length * scale, dtype=np.float32)
     ramp = overlap * scale
-    for start in _starts(length, tile, overlap):
+    for start in tile_starts(length, tile, overlap):
         size = min(tile, length)
         # Image borders keep full weight: nothing on the other side to hand over to.
         weights = _ramp(size * scale, ramp if start > 0 else 0,

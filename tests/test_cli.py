@@ -222,3 +222,19 @@ def test_an_image_option_gives_every_input_the_same_partner(run_cli: Run, tmp_pa
         assert read_rgb(tmp_path / "out" / name).shape == src.shape
     missing = run_cli("run", "-p", "mean2", "-O", "with=nope.png", "in", "-o", "out2")
     assert missing.exit_code == 2 and "nope.png: file not found" in missing.output
+
+
+def test_a_processor_can_write_extra_outputs_beside_its_output(run_cli: Run, tmp_path: Path,
+                                                               write_image: Callable) -> None:
+    write_image(tmp_path / "in" / "a.jpg", size=(10, 6), format="JPEG")
+    result = run_cli("run", "-p", "annotate", "in", "-o", "out", "--json")
+    [outcome] = json.loads(result.stdout)["outcomes"]
+    assert outcome["extras"] == ["out/a.mask.png", "out/a.info.txt"]
+    assert (tmp_path / "out" / "a.info.txt").read_text() == "10x6"
+    assert read_rgb(tmp_path / "out" / "a.mask.png").shape == (6, 10, 3)
+
+
+def test_plugins_can_add_commands(run_cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_cli("hello", "world").stdout == "hello world\n"
+    monkeypatch.setenv("IMGPROC_PLUGINS_DIR", str(Path(__file__).parent / "local_plugins"))
+    assert "Greet NAME" in run_cli("--help").stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import click
 import numpy as np
 from PIL import Image
 
@@ -35,6 +36,14 @@ def slow(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> 
     return images[0]
 
 
+def annotate(images: list[np.ndarray], *, options: dict[str, Any],
+             context: Any) -> np.ndarray:
+    """Return the image, and ask the host to write a mask image and a text file beside it."""
+    context.add_output("mask.png", images[0].mean(axis=2, keepdims=True))
+    context.add_output("info.txt", f"{images[0].shape[1]}x{images[0].shape[0]}".encode())
+    return images[0]
+
+
 def grey(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
     """Return one channel: the mean of R, G, B."""
     return images[0].mean(axis=2, keepdims=True)
@@ -50,6 +59,20 @@ def imgproc_processors() -> list[Processor]:
                   options=(Option("with", str, None, "one fixed second image", image=True),)),
         Processor("explode", "Always raise.", explode),
         Processor("grey", "Return a one-channel grey image.", grey),
+        Processor("annotate", "Return the image; write a mask and a note beside it.", annotate),
         Processor("slow", "Sleep, then return the image.", slow,
                   options=(Option("seconds", float, 0.0, "how long to sleep", min=0.0),)),
     ]
+
+
+@hookimpl
+def imgproc_commands() -> list[click.Command]:
+    """Return a command added to `imgproc` by this plugin."""
+
+    @click.command()
+    @click.argument("name")
+    def hello(name: str) -> None:
+        """Greet NAME (a plugin-provided command)."""
+        click.echo(f"hello {name}")
+
+    return [hello]
