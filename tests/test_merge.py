@@ -1,0 +1,255 @@
+"""The `merge` processor: Poisson merging through the shipped ONNX graph, checked against the
+PyTorch module it was exported from and against a float64 SciPy (dctn) reference."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import Result
+from PIL import Image
+from skimage import data
+
+from exporters.merge import (
+    PoissonMerge,
+    gradient_residual,
+    normal_residual,
+    reference_merge,
+    target_field,
+    torch_feeds,
+)
+from imgproc import ModelFile, OptionError, Processor
+from imgproc.config import RuntimeSettings
+from imgproc.runtime import Runtime
+from imgproc.session import Session
+from imgproc_plugins.merge import MODEL, imgproc_processors, resize, solver_feeds
+
+from .conftest import read_rgb
+
+PROCESSOR = imgproc_processors()[0]
+MODES = {"mean": False, "mixed": True}
+# Odd and degenerate sizes, none of them the export's example size (64x80).
+ODD_SIZES = {"1x1": (1, 1), "3x7": (3, 7), "257x130": (257, 130), "300x500": (300, 500)}
+BAR = 1e-3  # the issue's relative residual bar
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255
+
+
+def _random(size: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((*size, 3), dtype=np.float32)
+
+
+# (A, B) pairs of the same size: real photos (B resized to A) and random noise.
+PAIRS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "astronaut+coffee": lambda: (_rgb(data.astronaut()),
+                                 resize(_rgb(data.coffee()), 512, 512)),
+    "coffee+chelsea": lambda: (_rgb(data.coffee()), resize(_rgb(data.chelsea()), 400, 600)),
+    "chelsea+astronaut": lambda: (_rgb(data.chelsea()),
+                                  resize(_rgb(data.astronaut()), 300, 451)),
+    "random-91x67": lambda: (_random((91, 67), 1), _random((91, 67), 2)),
+}
+
+
+@pytest.fixture(scope="module")
+def session() -> Session:
+    """Return the host's ONNX Runtime session of the shipped merge-poisson model (CPU)."""
+    return Runtime(RuntimeSettings(provider="cpu")).context(PROCESSOR).session(MODEL)
+
+
+def solve(session: Session, a: np.ndarray, b: np.ndarray, *, weight: float = 0.5,
+          mixed: bool = False) -> np.ndarray:
+    """Return the graph's unclipped H x W x 3 merge of same-size images."""
+    return session.run(solver_feeds(a, b, weight=weight, mixed=mixed))[0][0].transpose(1, 2, 0)
+
+
+def process(a: np.ndarray, b: np.ndarray, **options: object) -> np.ndarray:
+    """Return the processor's output as the host calls it (options resolved, fresh context)."""
+    context = Runtime(RuntimeSettings(provider="cpu")).context(PROCESSOR)
+    return PROCESSOR.process([a, b], options=PROCESSOR.resolve_options(options),
+                             context=context)
+
+
+# --- the bars: residuals on real and random images ----------------------------------------
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.2], ids=["w0.5", "w0.2"])
+@pytest.mark.parametrize("pair", PAIRS.values(), ids=PAIRS.keys())
+def test_mean_mode_reproduces_the_target_gradients(session: Session, pair: Callable,
+                                                   weight: float) -> None:
+    a, b = pair()
+    u = solve(session, a, b, weight=weight)
+    field = target_field(a.astype(np.float64), b.astype(np.float64), weight=weight, mixed=False)
+    assert gradient_residual(u, field) < BAR
+
+
+@pytest.mark.parametrize("pair", PAIRS.values(), ids=PAIRS.keys())
+def test_mixed_mode_solves_the_least_squares_problem(session: Session, pair: Callable) -> None:
+    a, b = pair()
+    u = solve(session, a, b, mixed=True)
+    field = target_field(a.astype(np.float64), b.astype(np.float64), weight=0.5, mixed=True)
+    # The mixed field is not a gradient, so grad u cannot meet it: check the normal equations.
+    assert normal_residual(u, field) < BAR
+    assert gradient_residual(u, field) > 10 * BAR  # ... which is why the other bar is moot here
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODES.keys())
+@pytest.mark.parametrize("size", ODD_SIZES.values(), ids=ODD_SIZES.keys())
+def test_the_graph_matches_the_scipy_reference(session: Session, size: tuple[int, int],
+                                               mode: str) -> None:
+    a, b = _random(size, 3), _random(size, 4)
+    got = solve(session, a, b, weight=0.3, mixed=MODES[mode])
+    want = reference_merge(a, b, weight=0.3, mixed=MODES[mode])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODES.keys())
+@pytest.mark.parametrize("size", ODD_SIZES.values(), ids=ODD_SIZES.keys())
+def test_the_shipped_onnx_matches_the_torch_module(session: Session, size: tuple[int, int],
+                                                   mode: str) -> None:
+    a, b = _random(size, 5), _random(size, 6)
+    feeds = torch_feeds(a, b, weight=0.7, mixed=MODES[mode])
+    with torch.inference_mode():
+        want = PoissonMerge()(*feeds.values()).numpy()
+    got = session.run({name: tensor.numpy() for name, tensor in feeds.items()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+# --- modes, weights and the mean colour ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("weight", "expected"), [(1.0, 0), (0.0, 1)], ids=["w1-A", "w0-B"])
+@pytest.mark.parametrize("pair", PAIRS.values(), ids=PAIRS.keys())
+def test_an_extreme_weight_returns_that_image(session: Session, pair: Callable, weight: float,
+                                              expected: int) -> None:
+    images = pair()
+    u = solve(session, *images, weight=weight)
+    np.testing.assert_allclose(u, images[expected], rtol=0, atol=5e-5)
+
+
+def test_mean_mode_equals_the_pixel_blend(session: Session) -> None:
+    # Whole-image gradients blend linearly and the mean is blended the same way, so the
+    # Poisson solution is the blend itself: a property of the issue's definition.
+    a, b = PAIRS["astronaut+coffee"]()
+    np.testing.assert_allclose(solve(session, a, b, weight=0.3), 0.3 * a + 0.7 * b,
+                               rtol=0, atol=5e-5)
+
+
+@pytest.mark.parametrize("flat_first", [True, False], ids=["flat-A", "flat-B"])
+def test_mixed_mode_keeps_the_textured_image_and_the_mean_of_both(session: Session,
+                                                                  flat_first: bool) -> None:
+    textured = _rgb(data.chelsea())
+    flat = np.full_like(textured, 0.25)
+    a, b = (flat, textured) if flat_first else (textured, flat)
+    # Every gradient of the flat image is 0, so the textured one wins (or ties) everywhere;
+    # mixed mode sets the mean colour to the mean of the two images' means.
+    mean = textured.mean(axis=(0, 1), dtype=np.float64)  # float32 strided sums are off by 1e-4
+    expected = textured - mean + (mean + 0.25) / 2
+    u = solve(session, a, b, weight=0.9, mixed=True)  # the weight plays no part
+    np.testing.assert_allclose(u, expected, rtol=0, atol=5e-5)
+
+
+def test_mixed_mode_takes_the_stronger_edge_of_each_image(session: Session) -> None:
+    a = np.zeros((40, 60, 3), np.float32)
+    b = np.zeros((40, 60, 3), np.float32)
+    a[:, 20:] = 0.8  # a strong vertical edge at column 20
+    b[:, 20:] = 0.1  # a weaker one in the same place ...
+    b[25:] += 0.5    # ... and a horizontal edge only B has
+    u = solve(session, a, b, mixed=True)
+    # Where the edges cross, A wins both components, so the field is not quite a gradient and
+    # least squares spreads a small correction around that spot: hence the tolerance.
+    np.testing.assert_allclose(u[10, 20] - u[10, 19], 0.8, atol=0.01)  # A's edge, not B's 0.1
+    np.testing.assert_allclose(u[25, 5] - u[24, 5], 0.5, atol=0.01)   # B's edge kept
+
+
+# --- the processor: options, sizes, clipping, the CLI ------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"mode": "median"}, "'median' is not one of mean, mixed"),
+    ({"weight": 1.5}, "above the maximum"),
+    ({"method": "siren"}, "unknown option"),
+], ids=["mode", "weight", "unknown"])
+def test_bad_options_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        PROCESSOR.resolve_options(options)
+
+
+@pytest.mark.parametrize("size_b", [(23, 31), (120, 90), (1, 1)],
+                         ids=["smaller", "larger", "1x1"])
+def test_b_of_another_size_is_resized_to_a(session: Session, size_b: tuple[int, int]) -> None:
+    a, b = _random((40, 60), 7), _random(size_b, 8)
+    out = process(a, b, mode="mixed")
+    assert out.shape == a.shape
+    expected = np.clip(solve(session, a, resize(b, 40, 60), mixed=True), 0, 1)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODES.keys())
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (2, 1)], ids=["1x1", "3x7", "2x1"])
+def test_tiny_images_come_out_whole_and_clipped(size: tuple[int, int], mode: str) -> None:
+    out = process(_random(size, 9), _random(size, 10), mode=mode)
+    assert out.shape == (*size, 3)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_the_output_is_clipped_to_the_unit_range() -> None:
+    a = np.zeros((30, 30, 3), np.float32)
+    a[10:20, 10:20] = 1.0  # a bright square on black ...
+    b = np.full((30, 30, 3), 0.9, np.float32)  # ... merged with a bright flat image
+    out = process(a, b, mode="mixed")  # A's edges on B's mean overshoot 1
+    assert out.max() == 1.0 and out.min() >= 0.0
+
+
+def test_the_cli_merges_two_folders_paired_by_name(run_cli: Callable[..., Result],
+                                                   tmp_path: Path) -> None:
+    sizes = {"a/one.png": (48, 64), "a/two.png": (33, 21), "b/one.jpg": (48, 64),
+             "b/two.png": (60, 50), "b/lonely.png": (10, 10)}
+    rng = np.random.default_rng(11)
+    for name, (height, width) in sizes.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / name)
+    result = run_cli("run", "--plugin", "merge", "-O", "mode=mixed", "--json",
+                     str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["done"], summary["skipped"]) == (2, 1)
+    for stem in ("one", "two"):
+        a, b = read_rgb(tmp_path / f"a/{stem}.png"), read_rgb(next((tmp_path / "b").glob(
+            f"{stem}.*")))
+        written = read_rgb(tmp_path / f"out/{stem}.png")
+        assert written.shape == a.shape  # named and sized after the first input
+        np.testing.assert_allclose(written, process(a, b, mode="mixed"), rtol=0, atol=1 / 255)
+
+
+# --- the export (slow-ish: one torch.export + parity checks) ----------------------------------
+
+
+@pytest.mark.export
+def test_a_fresh_export_agrees_with_the_shipped_model(session: Session, tmp_path: Path) -> None:
+    from exporters.merge import _export
+
+    result = _export(tmp_path, metrics={})  # export_model checks parity at the odd sizes itself
+    shipped = json.loads(Path(session.model.path).with_suffix(".json").read_text())
+    fresh = json.loads(result.facts_path.read_text())
+    assert (fresh["inputs"], fresh["outputs"]) == (shipped["inputs"], shipped["outputs"])
+    fresh_session = Runtime(RuntimeSettings(provider="cpu")).sessions.get(
+        ModelFile.from_facts(result.facts_path))
+    feeds = solver_feeds(_random((37, 53), 12), _random((37, 53), 13), weight=0.5, mixed=True)
+    np.testing.assert_allclose(fresh_session.run(feeds)[0], session.run(feeds)[0],
+                               rtol=0, atol=1e-6)
+
+
+def test_the_processor_declares_what_the_issue_asks() -> None:
+    assert isinstance(PROCESSOR, Processor)
+    assert (PROCESSOR.name, PROCESSOR.inputs) == ("merge", 2)
+    assert {o.name: o.default for o in PROCESSOR.options} == {"mode": "mean", "weight": 0.5}
+    assert PROCESSOR.model(MODEL).inputs == ("a", "b", "weight", "mixed", "dct_h", "dct_w",
+                                             "eig_h", "eig_w")
