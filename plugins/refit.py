@@ -1,0 +1,193 @@
+"""refit: fit a SIREN to each image and resample it at any size through ONNX Runtime.
+
+    imgproc run --plugin refit --option scale=3.5 in/ -o out/
+    imgproc run -p refit -O width=1920 -O save_network=true in/ -o out/
+    imgproc render out/photo.network.onnx --scale 8 -o big.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import structlog
+
+from imgproc import Option, Processor, hookimpl
+
+log = structlog.get_logger("imgproc.refit")
+OUTPUTS = ("gradient", "laplacian")
+
+
+def output_size(height: int, width: int, options: dict[str, Any]) -> tuple[int, int]:
+    """Return the output (height, width): width/height if given (aspect kept when only one
+    is), otherwise the input size times `scale`."""
+    out_w, out_h = options.get("width"), options.get("height")
+    if out_w and out_h:
+        return out_h, out_w
+    if out_w:
+        return max(1, round(height * out_w / width)), out_w
+    if out_h:
+        return out_h, max(1, round(width * out_h / height))
+    scale = options["scale"]
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def config_from(options: dict[str, Any]) -> Any:
+    """Return the SirenConfig the options ask for."""
+    from imgproc_plugins.siren import SirenConfig
+
+    return SirenConfig(width=options["hidden"], depth=options["depth"], omega0=options["omega0"],
+                       lr=options["lr"], steps=options["steps"],
+                       target_psnr=options["target_psnr"], seed=options["seed"],
+                       tile=options["tile"], overlap=options["overlap"],
+                       pixels_per_unit=options["pixels_per_unit"])
+
+
+def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the image fitted as a SIREN grid and rendered at the requested size."""
+    from imgproc_plugins import siren
+
+    image = images[0]
+    height, width = image.shape[:2]
+    out_h, out_w = output_size(height, width, options)
+    fit = siren.fit_image(image, config_from(options))
+    log.info("fitted", steps=fit.steps, psnr=round(fit.psnr, 2), seconds=round(fit.seconds, 2),
+             tiles=len(fit.layout.tiles))
+    network = siren.to_onnx(fit, facts={"colour": "sRGB", "range": [0, 1],
+                                        "input_size": [height, width]}).SerializeToString()
+    session = context.transient_session("refit-siren", network)
+    out = siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], fit.layout, out_h, out_w,
+                       pixels_per_unit=fit.config.pixels_per_unit)
+    if options["save_network"]:
+        context.add_output("network.onnx", network)
+    for name in _outputs(options["outputs"]):
+        context.add_output(f"{name}.png", derivative_image(fit, name, out_h, out_w))
+    return np.clip(out, 0.0, 1.0)
+
+
+def _outputs(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def derivative_image(fit: Any, kind: str, out_h: int, out_w: int) -> np.ndarray:
+    """Return `derivatives` scaled for viewing (gradient: / max; Laplacian: 0.5 + x / 2 max)."""
+    values = derivatives(fit, kind, out_h, out_w)
+    peak = float(np.abs(values).max()) or 1.0
+    return values / peak if kind == "gradient" else 0.5 + values / (2 * peak)
+
+
+def derivatives(fit: Any, kind: str, out_h: int, out_w: int) -> np.ndarray:
+    """Return the fitted image's luma gradient magnitude, or its Laplacian, per input pixel
+    unit, sampled on the output grid: exact derivatives of the network, through autograd."""
+    import torch
+
+    from imgproc_plugins import siren
+
+    def run(coords: np.ndarray) -> np.ndarray:
+        values = luma_derivative(fit.model, torch.from_numpy(coords), kind,
+                                 fit.config.pixels_per_unit)
+        return values.unsqueeze(-1).detach().numpy()
+
+    return siren.render(run, fit.layout, out_h, out_w, chunk=1024,
+                        pixels_per_unit=fit.config.pixels_per_unit)
+
+
+def luma_derivative(model: Any, coords: Any, kind: str, pixels_per_unit: float) -> Any:
+    """Return |grad luma| or the Laplacian of luma (per pixel, per pixel squared) of the
+    network at coords [tiles, points, 2], through autograd."""
+    import torch
+
+    points = coords.detach().clone().requires_grad_(True)
+    luma = model(points) @ torch.tensor([0.299, 0.587, 0.114], dtype=points.dtype)
+    (grad,) = torch.autograd.grad(luma.sum(), points, create_graph=kind == "laplacian")
+    # d/d(pixel) = d/du * du/d(pixel), and du/d(pixel) = 1 / pixels_per_unit on both axes.
+    if kind == "gradient":
+        return grad.norm(dim=-1) / pixels_per_unit
+    second = [torch.autograd.grad(grad[..., i].sum(), points, retain_graph=True)[0][..., i]
+              for i in range(2)]
+    return (second[0] + second[1]) / pixels_per_unit ** 2
+
+
+def _validate(options: dict[str, Any]) -> None:
+    unknown = set(_outputs(options["outputs"])) - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"outputs: unknown {', '.join(sorted(unknown))}; known: "
+                         + ", ".join(OUTPUTS))
+    if 2 * options["overlap"] >= options["tile"]:
+        raise ValueError("overlap must be less than half of tile")
+
+
+PROCESSOR = Processor(
+    name="refit",
+    summary="Fit a SIREN to each image and resample it at any size.",
+    process=refit,
+    options=(
+        Option("scale", float, 2.0, "output size factor (ignored when width or height is set)",
+               min=0.01, max=64.0),
+        Option("width", int, None, "output width in pixels (height follows the aspect)", min=1),
+        Option("height", int, None, "output height in pixels (width follows the aspect)", min=1),
+        Option("steps", int, 300, "most optimisation steps per image", min=1),
+        Option("target_psnr", float, 36.0, "stop once the fit reaches this PSNR (dB)", min=1.0),
+        Option("hidden", int, 32, "hidden units of each tile network", min=1, max=1024),
+        Option("depth", int, 3, "sine layers of each tile network", min=1, max=16),
+        Option("omega0", float, 30.0, "SIREN frequency factor w0", min=0.1),
+        Option("lr", float, 2e-3, "Adam learning rate", min=1e-7, max=1.0),
+        Option("seed", int, 0, "weight initialisation seed (same seed, same output)"),
+        Option("tile", int, 32, "tile size in input pixels (one small network per tile)",
+               min=2),
+        Option("overlap", int, 4, "pixels shared by neighbouring tiles", min=0),
+        Option("pixels_per_unit", float, 64.0, "pixels per coordinate unit: with omega0, sets "
+               "the frequency per pixel (the paper's 256-pixel images: 128)", min=1.0),
+        Option("save_network", bool, False, "write <stem>.network.onnx beside the output"),
+        Option("outputs", str, "", "also write gradient and/or laplacian images "
+               "(comma-separated)"),
+    ),
+    validate=_validate,
+)
+
+
+@hookimpl
+def imgproc_processors() -> list[Processor]:
+    """Return the refit processor."""
+    return [PROCESSOR]
+
+
+@click.command()
+@click.argument("network", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--width", type=click.IntRange(min=1), help="Output width (aspect kept).")
+@click.option("--height", type=click.IntRange(min=1), help="Output height (aspect kept).")
+@click.option("--scale", type=click.FloatRange(min=0.01, max=64.0), default=1.0,
+              show_default=True, help="Size factor when neither width nor height is given.")
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="Image file to write (format from its suffix).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+              show_default=True)
+def render(network: Path, width: int | None, height: int | None, scale: float, output: Path,
+           provider: str) -> None:
+    """Render a network saved by `refit -O save_network=true` at any size, no refitting."""
+    import onnx
+
+    from imgproc.images import Picture, write_image
+    from imgproc.session import SessionPool
+    from imgproc_plugins import siren
+
+    data = network.read_bytes()
+    layout, config = siren.stored_fit(onnx.load_from_string(data))
+    out_h, out_w = output_size(layout.height, layout.width,
+                               {"width": width, "height": height, "scale": scale})
+    session = SessionPool(provider=provider).transient(network.name, data)
+    pixels = siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], layout, out_h, out_w,
+                          pixels_per_unit=config.pixels_per_unit)
+    write_image(output, Picture(np.clip(pixels, 0.0, 1.0)))
+    click.echo(f"{output}: {out_w}x{out_h} from {network} ({session.provider})")
+
+
+@hookimpl
+def imgproc_commands() -> list[click.Command]:
+    """Return `imgproc render`."""
+    return [render]
+
+
+__all__ = ["PROCESSOR", "output_size"]

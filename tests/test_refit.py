@@ -1,0 +1,160 @@
+"""refit: SIREN grids fitted per image, rendered at any size through ONNX Runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from skimage import data
+
+from imgproc.cli import cli
+from imgproc.runtime import Runtime
+from imgproc_plugins import siren
+from imgproc_plugins.refit import PROCESSOR, derivatives, luma_derivative, output_size
+
+from .conftest import read_rgb
+
+QUICK = siren.SirenConfig(steps=150, target_psnr=40.0, tile=16, overlap=2)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """Return a 40x56 crop of scikit-image's astronaut as float RGB."""
+    return data.astronaut()[100:140, 180:236].astype(np.float32) / 255
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a - b) ** 2)))
+
+
+def _torch_render(fit: siren.Fit, height: int, width: int) -> np.ndarray:
+    with torch.no_grad():
+        return siren.render(lambda c: fit.model(torch.from_numpy(c)).numpy(), fit.layout,
+                            height, width, pixels_per_unit=fit.config.pixels_per_unit)
+
+
+def _options(**changes: object) -> dict:
+    return PROCESSOR.resolve_options({k: v for k, v in changes.items()})
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"scale": 2.0}, (80, 120)),
+    ({"scale": 3.5}, (140, 210)),
+    ({"width": 90}, (60, 90)),
+    ({"height": 20}, (20, 30)),
+    ({"width": 7, "height": 9}, (9, 7)),
+    ({"scale": 0.01}, (1, 1)),
+], ids=str)
+def test_output_size(options: dict, expected: tuple[int, int]) -> None:
+    assert output_size(40, 60, {"scale": 2.0, **options}) == expected
+
+
+def test_a_fit_reproduces_its_image_at_scale_one(photo: np.ndarray) -> None:
+    fit = siren.fit_image(photo, QUICK)
+    out = _torch_render(fit, *photo.shape[:2])
+    assert fit.psnr >= QUICK.target_psnr or fit.steps == QUICK.steps
+    assert _psnr(out, photo) > 35  # pixel centres land on pixel centres
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (17, 23), (40, 56)], ids=str)
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.5], ids=lambda s: f"x{s}")
+def test_onnx_network_matches_pytorch_at_any_size(photo: np.ndarray, size: tuple[int, int],
+                                                  scale: float) -> None:
+    image = photo[: size[0], : size[1]]
+    fit = siren.fit_image(image, dataclasses.replace(QUICK, steps=5))
+    session = ort.InferenceSession(siren.to_onnx(fit).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    out_h, out_w = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    by_ort = siren.render(lambda c: session.run(None, {"coords": c})[0], fit.layout, out_h, out_w,
+                          pixels_per_unit=fit.config.pixels_per_unit)
+    by_torch = _torch_render(fit, out_h, out_w)
+    assert by_ort.shape == (out_h, out_w, 3)
+    assert np.abs(by_ort - by_torch).max() < 1e-4
+
+
+def test_same_seed_same_output_other_seed_other_output(photo: np.ndarray) -> None:
+    context = Runtime().context(PROCESSOR)
+    run = [PROCESSOR.process([photo], options=_options(steps=20, seed=s), context=context)
+           for s in (1, 1, 2)]
+    assert np.array_equal(run[0], run[1])
+    assert np.abs(run[0] - run[2]).max() > 1e-3
+
+
+def test_tiles_blend_without_seams(photo: np.ndarray) -> None:
+    fit = siren.fit_image(photo, QUICK)
+    out = _torch_render(fit, 160, 224)
+    rows = np.abs(np.diff(out, axis=0)).max(axis=(1, 2))
+    seams = [y * 4 - 1 for y, _, _, _ in fit.layout.tiles if y > 0]
+    assert rows[seams].max() <= 1.5 * np.percentile(rows, 99)  # no jump stands out at a seam
+
+
+def test_derivatives_are_exact_on_a_ramp() -> None:
+    ramp = np.tile(np.linspace(0, 1, 48, dtype=np.float32)[None, :, None], (20, 1, 3))
+    fit = siren.fit_image(ramp, dataclasses.replace(QUICK, target_psnr=45, steps=300))
+    gradient = derivatives(fit, "gradient", 20, 48)
+    slope = 1 / 47  # luma rises 1/47 per input pixel
+    assert abs(np.median(gradient) - slope) < 0.15 * slope
+
+
+@pytest.mark.parametrize("kind", ["gradient", "laplacian"])
+def test_autograd_derivatives_match_finite_differences(photo: np.ndarray, kind: str) -> None:
+    fit = siren.fit_image(photo, dataclasses.replace(QUICK, steps=30))
+    ppu = fit.config.pixels_per_unit
+    model = fit.model.double()
+    coords = torch.rand(len(fit.layout.tiles), 50, 2, dtype=torch.float64) - 0.5
+    exact = luma_derivative(model, coords, kind, ppu)
+    h = 1e-3 / ppu  # a thousandth of a pixel, in coordinate units
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+
+    def f(dx: float, dy: float) -> torch.Tensor:
+        with torch.no_grad():
+            return model(coords + torch.tensor([dx, dy], dtype=torch.float64)) @ luma
+
+    gx, gy = (f(h, 0) - f(-h, 0)) / (2 * h), (f(0, h) - f(0, -h)) / (2 * h)
+    if kind == "gradient":
+        numeric = torch.sqrt(gx ** 2 + gy ** 2) / ppu
+    else:
+        numeric = (f(h, 0) + f(-h, 0) + f(0, h) + f(0, -h) - 4 * f(0, 0)) / h ** 2 / ppu ** 2
+    assert torch.allclose(exact, numeric, rtol=1e-4, atol=1e-4 * float(numeric.abs().max()))
+
+
+def test_run_save_network_and_render_it_again(tmp_path: Path, photo: np.ndarray) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray((photo * 255).round().astype(np.uint8)).save(tmp_path / "in" / "a.png")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "-p", "refit", "-O", "scale=1", "-O", "steps=120",
+                                 "-O", "save_network=true", "-O", "outputs=gradient,laplacian",
+                                 str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.gradient.png", "a.laplacian.png", "a.network.onnx", "a.png"]
+    network = onnx.load(out / "a.network.onnx")
+    meta = {p.key: p.value for p in network.metadata_props}
+    assert '"input_size": [40, 56]' not in meta["layout"] and meta["input_size"] == "[40, 56]"
+    again = runner.invoke(cli, ["render", str(out / "a.network.onnx"), "-o",
+                                str(tmp_path / "same.png")])
+    assert again.exit_code == 0, again.output
+    assert np.abs(read_rgb(tmp_path / "same.png") - read_rgb(out / "a.png")).max() <= 1 / 255
+    wide = runner.invoke(cli, ["render", str(out / "a.network.onnx"), "--width", "140", "-o",
+                               str(tmp_path / "wide.png")])
+    assert wide.exit_code == 0 and read_rgb(tmp_path / "wide.png").shape == (100, 140, 3)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("outputs=curl", "outputs: unknown curl"),
+    ("tile=8", "overlap must be less than half of tile"),
+    ("scale=0", "below the minimum"),
+], ids=["outputs", "overlap", "scale"])
+def test_bad_options_are_refused_before_any_image(tmp_path: Path, option: str,
+                                                  message: str) -> None:
+    result = CliRunner().invoke(cli, ["run", "-p", "refit", "-O", option, "-O", "overlap=4",
+                                      str(tmp_path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in result.output
