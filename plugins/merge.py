@@ -20,6 +20,7 @@ from imgproc import ModelFile, Option, Processor, hookimpl
 MODELS = Path(__file__).parent / "models"
 MODEL = "merge-poisson"
 MODES = ("mean", "mixed")
+METHODS = ("exact", "siren")
 
 
 @lru_cache(maxsize=4)
@@ -98,7 +99,33 @@ def merge(images: list[np.ndarray], *, options: dict[str, Any], context: Any) ->
     feeds = solver_feeds(first, second, weight=options["weight"],
                          mixed=options["mode"] == "mixed")
     solved = context.session(MODEL).run(feeds)[0][0].transpose(1, 2, 0)
+    if options["method"] == "siren":
+        solved = merge_with_siren(first, second, solved, options=options, context=context)
     return np.clip(solved, 0.0, 1.0)
+
+
+def merge_with_siren(a: np.ndarray, b: np.ndarray, exact: np.ndarray, *,
+                     options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the merge as a SIREN grid fitted to the combined gradient field (gradient
+    supervision, the SIREN paper's composition experiment), rendered through ONNX Runtime.
+
+    Each tile's mean comes from the exact solve (gradients leave it free); the fit stops at
+    `steps` or once it is within 40 dB of the exact solve.
+    """
+    from dataclasses import replace
+
+    from exporters.merge import target_field
+    from imgproc_plugins import siren
+
+    gx, gy = target_field(a, b, weight=options["weight"], mixed=options["mode"] == "mixed")
+    config = replace(siren.SirenConfig(), steps=options["steps"], seed=options["seed"],
+                     target_psnr=40.0)
+    layout = siren.Layout.for_image(a.shape[0], a.shape[1], config.tile, config.overlap)
+    loss = siren.gradient_objective(gx, gy, exact, layout, config.pixels_per_unit)
+    fit = siren.fit_image(exact, config, loss=loss)
+    session = context.transient_session("merge-siren", siren.to_onnx(fit).SerializeToString())
+    return siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], fit.layout,
+                        a.shape[0], a.shape[1], pixels_per_unit=config.pixels_per_unit)
 
 
 @hookimpl
@@ -114,6 +141,12 @@ def imgproc_processors() -> list[Processor]:
                    "pixel the stronger gradient", choices=MODES),
             Option("weight", float, 0.5, "weight of A in mean mode (ignored by mixed)",
                    min=0.0, max=1.0),
+            Option("with", str, None, "merge every input with this one image file",
+                   image=True),
+            Option("method", str, "exact", "exact: the DCT Poisson solve; siren: a SIREN "
+                   "fitted to the gradient field", choices=METHODS),
+            Option("steps", int, 300, "most fit steps with method=siren", min=1),
+            Option("seed", int, 0, "SIREN initialisation seed with method=siren"),
         ),
         models=(ModelFile.from_facts(MODELS / f"{MODEL}.json"),),
     )]

@@ -134,25 +134,28 @@ def tile_targets(values: np.ndarray, layout: Layout) -> torch.Tensor:
         values[y:y + h, x:x + w])).reshape(h * w, -1) for y, x, h, w in layout.tiles])
 
 
-def fit_image(image: np.ndarray, config: SirenConfig, *,
-              loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Fit:
+Objective = Callable[[TiledSiren, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None = None) -> Fit:
     """Return a SIREN grid fitted to an H x W x C float image (MSE on its pixels by default).
 
-    `loss`, when given, maps the model's output at the pixel centres [tiles, points, C] to a
-    scalar instead (gradient supervision for the merge plugin uses this).
+    `loss(model, coords, out)`, when given, is minimised instead, with `out` the model at the
+    pixel centres; the PSNR that stops the fit is still measured against `image` (gradient
+    supervision for the merge plugin uses this).
     """
     torch.manual_seed(config.seed)
     layout = Layout.for_image(image.shape[0], image.shape[1], config.tile, config.overlap)
     model = TiledSiren(len(layout.tiles), channels=image.shape[2], config=config)
     coords = pixel_coords(layout, config.pixels_per_unit)
     target = tile_targets(image.astype(np.float32), layout)
-    objective = loss or (lambda out: torch.mean((out - target) ** 2))
+    objective = loss or (lambda model, coords, out: torch.mean((out - target) ** 2))
     optimiser = torch.optim.Adam(model.param_groups(config.lr))
     start, history, psnr, step = time.perf_counter(), [], 0.0, 0
     for step in range(1, config.steps + 1):
         optimiser.zero_grad(set_to_none=True)
         out = model(coords)
-        value = objective(out)
+        value = objective(model, coords, out)
         value.backward()
         optimiser.step()
         psnr = _psnr(float(torch.mean((out.detach() - target) ** 2)))
@@ -160,6 +163,34 @@ def fit_image(image: np.ndarray, config: SirenConfig, *,
         if psnr >= config.target_psnr:
             break
     return Fit(model, layout, config, step, psnr, time.perf_counter() - start, history)
+
+
+def gradient_objective(gx: np.ndarray, gy: np.ndarray, means_of: np.ndarray,
+                       layout: Layout, pixels_per_unit: float) -> Objective:
+    """Return a loss matching the network's forward differences to a target gradient field
+    (gx, gy: H x W x C, forward differences, 0 at the far edges) - gradient supervision.
+
+    Differences of the network one pixel apart are compared with the discrete field, the
+    quantity the exact Poisson solve matches too. Gradients leave each tile's constant free,
+    so each tile's mean is tied to that of `means_of` (e.g. the exact solve) as well.
+    """
+    tx, ty = tile_targets(gx, layout), tile_targets(gy, layout)
+    height, width = gx.shape[:2]
+    valid_x = np.ones((height, width, 1), np.float32)
+    valid_x[:, -1] = 0.0  # no neighbour to the right of the last column
+    valid_y = np.ones((height, width, 1), np.float32)
+    valid_y[-1] = 0.0
+    mx, my = tile_targets(valid_x, layout), tile_targets(valid_y, layout)
+    means = tile_targets(means_of.astype(np.float32), layout).mean(dim=1)
+    step = 1.0 / pixels_per_unit
+
+    def loss(model: TiledSiren, coords: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        dx = model(coords + coords.new_tensor([step, 0.0])) - out
+        dy = model(coords + coords.new_tensor([0.0, step])) - out
+        fit = torch.mean(mx * (dx - tx) ** 2) + torch.mean(my * (dy - ty) ** 2)
+        return fit + torch.mean((out.mean(dim=1) - means) ** 2)
+
+    return loss
 
 
 def _psnr(mse: float) -> float:
