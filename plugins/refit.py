@@ -42,7 +42,8 @@ def config_from(options: dict[str, Any]) -> Any:
                        lr=options["lr"], steps=options["steps"],
                        target_psnr=options["target_psnr"], seed=options["seed"],
                        tile=options["tile"], overlap=options["overlap"],
-                       pixels_per_unit=options["pixels_per_unit"])
+                       pixels_per_unit=options["pixels_per_unit"],
+                       max_seconds=options["max_seconds"])
 
 
 def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
@@ -130,6 +131,8 @@ PROCESSOR = Processor(
         Option("height", int, None, "output height in pixels (width follows the aspect)", min=1),
         Option("steps", int, 300, "most optimisation steps per image", min=1),
         Option("target_psnr", float, 36.0, "stop once the fit reaches this PSNR (dB)", min=1.0),
+        Option("max_seconds", float, 0.0, "stop each fit after this long (0: no limit)",
+               min=0.0),
         Option("hidden", int, 32, "hidden units of each tile network", min=1, max=1024),
         Option("depth", int, 3, "sine layers of each tile network", min=1, max=16),
         Option("omega0", float, 30.0, "SIREN frequency factor w0", min=0.1),

@@ -47,6 +47,7 @@ class SirenConfig:
     # unit); tile-local [-1, 1] coordinates would make w0 = 30 sixteen times higher per pixel,
     # and the network would wiggle between pixel centres (bad for resampling and derivatives).
     pixels_per_unit: float = 64.0
+    max_seconds: float = 0.0  # stop after this long (0: no time limit)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None 
         optimiser.step()
         psnr = _psnr(float(torch.mean((out.detach() - target) ** 2)))
         history.append((step, time.perf_counter() - start, psnr))
-        if psnr >= config.target_psnr:
+        if psnr >= config.target_psnr or (
+                config.max_seconds and history[-1][1] >= config.max_seconds):
             break
     return Fit(model, layout, config, step, psnr, time.perf_counter() - start, history)
 
