@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from imgproc import ModelFile, Option, Processor, hookimpl
+from imgproc_plugins import require_torch
 
 MODELS = Path(__file__).parent / "models"
 MODEL = "merge-poisson"
@@ -128,6 +129,11 @@ def merge_with_siren(a: np.ndarray, b: np.ndarray, exact: np.ndarray, *,
                         a.shape[0], a.shape[1], pixels_per_unit=config.pixels_per_unit)
 
 
+def _validate(options: dict[str, Any]) -> None:
+    if options["method"] == "siren":
+        require_torch()
+
+
 @hookimpl
 def imgproc_processors() -> list[Processor]:
     """Return the merge processor."""
@@ -149,4 +155,5 @@ def imgproc_processors() -> list[Processor]:
             Option("seed", int, 0, "SIREN initialisation seed with method=siren"),
         ),
         models=(ModelFile.from_facts(MODELS / f"{MODEL}.json"),),
+        validate=_validate,
     )]

@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from imgproc import Option, Processor, hookimpl
+from imgproc_plugins import require_torch
 
 log = structlog.get_logger("imgproc.refit")
 OUTPUTS = ("gradient", "laplacian")
@@ -112,6 +113,7 @@ def luma_derivative(model: Any, coords: Any, kind: str, pixels_per_unit: float) 
 
 
 def _validate(options: dict[str, Any]) -> None:
+    require_torch()
     unknown = set(_outputs(options["outputs"])) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"outputs: unknown {', '.join(sorted(unknown))}; known: "
