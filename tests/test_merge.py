@@ -175,8 +175,9 @@ def test_mixed_mode_takes_the_stronger_edge_of_each_image(session: Session) -> N
 @pytest.mark.parametrize(("options", "message"), [
     ({"mode": "median"}, "'median' is not one of mean, mixed"),
     ({"weight": 1.5}, "above the maximum"),
-    ({"method": "siren"}, "unknown option"),
-], ids=["mode", "weight", "unknown"])
+    ({"methd": "siren"}, "unknown option"),
+    ({"method": "magic"}, "not one of exact, siren"),
+], ids=["mode", "weight", "unknown", "method"])
 def test_bad_options_are_refused(options: dict[str, object], message: str) -> None:
     with pytest.raises(OptionError, match=message):
         PROCESSOR.resolve_options(options)
@@ -251,7 +252,9 @@ def test_a_fresh_export_agrees_with_the_shipped_model(session: Session, tmp_path
 def test_the_processor_declares_what_the_issue_asks() -> None:
     assert isinstance(PROCESSOR, Processor)
     assert (PROCESSOR.name, PROCESSOR.inputs) == ("merge", 2)
-    assert {o.name: o.default for o in PROCESSOR.options} == {"mode": "mean", "weight": 0.5}
+    assert {o.name: o.default for o in PROCESSOR.options} == {
+        "mode": "mean", "weight": 0.5, "with": None, "method": "exact", "steps": 300, "seed": 0}
+    assert [o.name for o in PROCESSOR.options if o.image] == ["with"]
     assert PROCESSOR.model(MODEL).inputs == ("a", "b", "weight", "mixed", "dct_h", "dct_w",
                                              "eig_h", "eig_w")
 
