@@ -12,6 +12,7 @@ weights as initializers): no tracing, so nothing about image size is baked in.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -94,6 +95,20 @@ class TiledSiren(torch.nn.Module):
         return [{"params": sine, "lr": lr * self.omega0},
                 {"params": [self.out_weight, self.out_bias], "lr": lr}]
 
+    def take(self, tiles: slice) -> TiledSiren:
+        """Return a model holding copies of the networks of `tiles` (to train separately)."""
+        part = copy.deepcopy(self)
+        with torch.no_grad():
+            for mine, theirs in zip(part.parameters(), self.parameters(), strict=True):
+                mine.data = theirs.data[tiles].clone()
+        return part
+
+    def put(self, tiles: slice, part: TiledSiren) -> None:
+        """Copy the networks of `part` back into `tiles`."""
+        with torch.no_grad():
+            for mine, theirs in zip(self.parameters(), part.parameters(), strict=True):
+                mine.data[tiles] = theirs.data
+
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """Return values [tiles, points, channels] at tile-local coords [tiles, points, 2]."""
         h = coords
@@ -135,36 +150,56 @@ def tile_targets(values: np.ndarray, layout: Layout) -> torch.Tensor:
         values[y:y + h, x:x + w])).reshape(h * w, -1) for y, x, h, w in layout.tiles])
 
 
-Objective = Callable[[TiledSiren, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(model, coords, out, tiles): `model` holds the networks of tiles[tiles] (a slice of the
+# layout), `coords` their pixel centres and `out` the model there.
+Objective = Callable[[TiledSiren, torch.Tensor, torch.Tensor, slice], torch.Tensor]
+GROUP_TILES = 512  # tile networks trained at once: bounds memory on large images
 
 
 def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None = None) -> Fit:
     """Return a SIREN grid fitted to an H x W x C float image (MSE on its pixels by default).
 
-    `loss(model, coords, out)`, when given, is minimised instead, with `out` the model at the
-    pixel centres; the PSNR that stops the fit is still measured against `image` (gradient
-    supervision for the merge plugin uses this).
+    The tile networks are independent, so a large image is fitted GROUP_TILES tiles at a time
+    (memory stays bounded; each group stops on its own). `loss`, when given, is minimised
+    instead of the MSE; the PSNR that stops a group is still measured against `image`
+    (gradient supervision for the merge plugin uses this).
     """
-    torch.manual_seed(config.seed)
     layout = Layout.for_image(image.shape[0], image.shape[1], config.tile, config.overlap)
     model = TiledSiren(len(layout.tiles), channels=image.shape[2], config=config)
     coords = pixel_coords(layout, config.pixels_per_unit)
     target = tile_targets(image.astype(np.float32), layout)
-    objective = loss or (lambda model, coords, out: torch.mean((out - target) ** 2))
+    objective = loss or (lambda m, c, out, tiles: torch.mean((out - target[tiles]) ** 2))
+    start, history, steps = time.perf_counter(), [], 0
+    for first in range(0, len(layout.tiles), GROUP_TILES):
+        tiles = slice(first, first + GROUP_TILES)
+        budget = config.max_seconds * len(range(*tiles.indices(len(layout.tiles)))) / len(
+            layout.tiles)
+        group = model.take(tiles)
+        history = _train(group, coords[tiles], target[tiles],
+                         lambda m, c, out, t=tiles: objective(m, c, out, t), config, budget)
+        model.put(tiles, group)
+        steps = max(steps, history[-1][0])
+    with torch.no_grad():
+        psnr = _psnr(float(torch.mean((model(coords) - target) ** 2)))
+    return Fit(model, layout, config, steps, psnr, time.perf_counter() - start, history)
+
+
+def _train(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
+           objective: Callable[[TiledSiren, torch.Tensor, torch.Tensor], torch.Tensor],
+           config: SirenConfig, budget: float) -> list[tuple[int, float, float]]:
+    """Train one group of tile networks; return its (step, seconds, psnr) history."""
     optimiser = torch.optim.Adam(model.param_groups(config.lr))
-    start, history, psnr, step = time.perf_counter(), [], 0.0, 0
+    start, history = time.perf_counter(), []
     for step in range(1, config.steps + 1):
         optimiser.zero_grad(set_to_none=True)
         out = model(coords)
-        value = objective(model, coords, out)
-        value.backward()
+        objective(model, coords, out).backward()
         optimiser.step()
         psnr = _psnr(float(torch.mean((out.detach() - target) ** 2)))
         history.append((step, time.perf_counter() - start, psnr))
-        if psnr >= config.target_psnr or (
-                config.max_seconds and history[-1][1] >= config.max_seconds):
+        if psnr >= config.target_psnr or (budget and history[-1][1] >= budget):
             break
-    return Fit(model, layout, config, step, psnr, time.perf_counter() - start, history)
+    return history
 
 
 def gradient_objective(gx: np.ndarray, gy: np.ndarray, means_of: np.ndarray,
@@ -186,11 +221,13 @@ def gradient_objective(gx: np.ndarray, gy: np.ndarray, means_of: np.ndarray,
     means = tile_targets(means_of.astype(np.float32), layout).mean(dim=1)
     step = 1.0 / pixels_per_unit
 
-    def loss(model: TiledSiren, coords: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def loss(model: TiledSiren, coords: torch.Tensor, out: torch.Tensor,
+             tiles: slice) -> torch.Tensor:
         dx = model(coords + coords.new_tensor([step, 0.0])) - out
         dy = model(coords + coords.new_tensor([0.0, step])) - out
-        fit = torch.mean(mx * (dx - tx) ** 2) + torch.mean(my * (dy - ty) ** 2)
-        return fit + torch.mean((out.mean(dim=1) - means) ** 2)
+        fit = torch.mean(mx[tiles] * (dx - tx[tiles]) ** 2) \
+            + torch.mean(my[tiles] * (dy - ty[tiles]) ** 2)
+        return fit + torch.mean((out.mean(dim=1) - means[tiles]) ** 2)
 
     return loss
 

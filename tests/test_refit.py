@@ -158,3 +158,17 @@ def test_bad_options_are_refused_before_any_image(tmp_path: Path, option: str,
     result = CliRunner().invoke(cli, ["run", "-p", "refit", "-O", option, "-O", "overlap=4",
                                       str(tmp_path), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_grouped_fitting_matches_one_batch(photo: np.ndarray,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    config = dataclasses.replace(QUICK, steps=15, target_psnr=99.0)
+    whole = siren.fit_image(photo, config)
+    monkeypatch.setattr(siren, "GROUP_TILES", 4)  # many groups of independent tile networks
+    grouped = siren.fit_image(photo, config)
+    assert len(whole.layout.tiles) > 4
+    # Adam is blind to the loss's scale and tiles share nothing: the same networks result, up
+    # to Adam's epsilon and float rounding, which training amplifies a little here and there.
+    a, b = _torch_render(whole, 40, 56), _torch_render(grouped, 40, 56)
+    assert np.mean(np.abs(a - b)) < 1e-3
+    assert abs(_psnr(a, photo) - _psnr(b, photo)) < 0.3
