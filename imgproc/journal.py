@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-State = Literal["queued", "running", "done", "failed", "quarantined"]
-STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "quarantined")
+State = Literal["queued", "running", "done", "failed", "quarantined", "superseded"]
+STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "quarantined", "superseded")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -105,6 +105,9 @@ class Journal:
             row = db.execute("SELECT * FROM inputs WHERE rule=? AND path=? AND sha256=?",
                              (rule, str(path), sha256)).fetchone()
             if row is None:
+                # Older content of this path still waiting or failing will never be seen again.
+                db.execute("UPDATE inputs SET state='superseded' WHERE rule=? AND path=? AND"
+                           " state IN ('queued', 'failed')", (rule, str(path)))
                 cursor = db.execute(
                     "INSERT INTO inputs (rule, path, size, mtime_ns, sha256, state, detected_at)"
                     " VALUES (?, ?, ?, ?, ?, 'queued', ?)",

@@ -187,6 +187,16 @@ def test_journal_admits_each_content_once(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_new_content_supersedes_old_content_still_failing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    old = journal.admit("r", tmp_path / "x.png", size=1, mtime_ns=1, sha256="a" * 64)
+    assert old is not None and journal.start(old.id, tmp_path / "o.png")
+    journal.fail(old.id, "truncated", retry_at=time.time() + 60)
+    assert journal.admit("r", tmp_path / "x.png", size=2, mtime_ns=2, sha256="b" * 64)
+    assert [e.state for e in journal.entries()] == ["superseded", "queued"]
+    journal.close()
+
+
 @pytest.mark.parametrize("output_written", [True, False], ids=["output-done", "output-missing"])
 def test_recover_settles_entries_left_running(tmp_path: Path, output_written: bool) -> None:
     journal = Journal(tmp_path / "j.sqlite")
@@ -363,4 +373,4 @@ def test_a_burst_is_processed_with_none_missed(start: Callable[..., Daemon],
     _settled(daemon, done=150, quarantined=1)
     assert len(list(outbox.iterdir())) == 150
     assert daemon.journal.counts() == {"queued": 0, "running": 0, "done": 150, "failed": 0,
-                                       "quarantined": 1}
+                                       "quarantined": 1, "superseded": 0}
