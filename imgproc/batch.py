@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import structlog
@@ -267,12 +267,19 @@ def _write_extras(output: Path, contexts: Sequence[Context],
         for suffix, data in context.extra_outputs.items():
             path = output.with_name(f"{output.stem}.{suffix}")
             if isinstance(data, bytes):
-                write_atomic(path, lambda fh, data=data: fh.write(data))
+                write_atomic(path, _writer(data))
             else:
                 write_image(path, Picture(np.asarray(data, dtype=np.float32)),
                             jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality)
             written.append(path)
     return written
+
+
+def _writer(data: bytes) -> Callable[[IO[bytes]], None]:
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    return write
 
 
 def _providers(contexts: Sequence[Context]) -> str:

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import click
@@ -306,9 +307,10 @@ class _progress:
             self.bar.__enter__()
         return self.tick
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self.bar is not None:
-            self.bar.__exit__(*exc)
+            self.bar.__exit__(kind, value, tb)
 
     def tick(self, _outcome: object) -> None:
         if self.bar is not None:

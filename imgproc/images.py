@@ -152,8 +152,10 @@ def _cmyk_to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if icc:
         # A CMYK file's profile describes ink, not screen colour: convert through it to sRGB.
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
-                                         outputMode="RGB")
+        converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
+                                              outputMode="RGB")
+        if converted is not None:
+            return converted
     return img.convert("RGB")
 
 

@@ -172,7 +172,7 @@ class Journal:
 
     def entries(self, *, path: Path | None = None) -> list[Entry]:
         """Return every entry (or those of one path), oldest first."""
-        query, args = "SELECT * FROM inputs", ()
+        query, args = "SELECT * FROM inputs", ()  # type: tuple[str, tuple[str, ...]]
         if path is not None:
             query, args = query + " WHERE path=?", (str(path),)
         with self._lock:

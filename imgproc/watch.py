@@ -159,8 +159,8 @@ class Settler:
         out: list[tuple[int, Path]] = []
         with self._lock:
             while self._retries and self._retries[0][0] <= now:
-                _, watch, path = heapq.heappop(self._retries)
-                out.append((watch, Path(path)))
+                _, watch, retried = heapq.heappop(self._retries)
+                out.append((watch, Path(retried)))
             for path, cand in list(self._candidates.items()):
                 if self._complete(path, cand, now):
                     del self._candidates[path]

@@ -13,6 +13,7 @@ weights as initializers): no tracing, so nothing about image size is baked in.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -176,12 +177,17 @@ def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None 
             layout.tiles)
         group = model.take(tiles)
         history = _train(group, coords[tiles], target[tiles],
-                         lambda m, c, out, t=tiles: objective(m, c, out, t), config, budget)
+                         functools.partial(_on_tiles, objective, tiles), config, budget)
         model.put(tiles, group)
         steps = max(steps, history[-1][0])
     with torch.no_grad():
         psnr = _psnr(float(torch.mean((model(coords) - target) ** 2)))
     return Fit(model, layout, config, steps, psnr, time.perf_counter() - start, history)
+
+
+def _on_tiles(objective: Objective, tiles: slice, model: TiledSiren, coords: torch.Tensor,
+              out: torch.Tensor) -> torch.Tensor:
+    return objective(model, coords, out, tiles)
 
 
 def _train(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
