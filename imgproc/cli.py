@@ -211,7 +211,6 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
     from imgproc.watch import Daemon, build_watches, check_watches
 
     config = env.config.replace("runtime", provider=provider, workers=workers)
-    config = config.replace("daemon", journal=str(journal) if journal else None)
     rules = config.watch
     if input_dir is not None:
         if not plugins or outdir is None:
@@ -223,7 +222,7 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
         raise UsageError("no [[watch]] rules in the config; or give INPUT_DIR --plugin -o OUTDIR")
     watches = build_watches(rules, env.registry(), config.plugins)
     check_watches(watches)  # before the journal file is created
-    store = Journal(config.daemon.journal_path())
+    store = Journal(journal or config.journal_path())
     daemon = Daemon(watches, runtime=Runtime(config.runtime), journal=store,
                     output=config.output, settings=config.daemon,
                     workers=config.runtime.workers)
@@ -263,7 +262,7 @@ def status(env: Env, journal: Path | None, as_json: bool) -> None:
     """Show the watch journal: how many inputs are in each state, and the last errors."""
     from imgproc.journal import Journal
 
-    path = journal or env.config.daemon.journal_path()
+    path = journal or env.config.journal_path()
     if not path.exists():
         raise UsageError(f"no journal at {path} (has `imgproc watch` run?)")
     store = Journal(path)

@@ -89,10 +89,11 @@ class DaemonSettings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"daemon.{name}", "must not be negative")
 
-    def journal_path(self) -> Path:
-        """Return the journal file to use."""
+    def journal_path(self, base: Path | None = None) -> Path:
+        """Return the journal file to use (a relative path is taken from `base`)."""
         if self.journal:
-            return Path(self.journal).expanduser()
+            given = Path(self.journal).expanduser()
+            return given if given.is_absolute() or base is None else base / given
         state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
         return Path(state) / "imgproc" / "journal.sqlite"
 
@@ -203,6 +204,10 @@ class Config:
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     watch: tuple[WatchRule, ...] = ()
     source: Path | None = None
+
+    def journal_path(self) -> Path:
+        """Return the watch journal: daemon.journal, relative to this config file's folder."""
+        return self.daemon.journal_path(self.source.parent if self.source else None)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """Return a copy with some keys of one section changed (CLI beats config)."""

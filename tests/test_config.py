@@ -108,3 +108,9 @@ def test_watch_rules_parse_with_paths_from_the_config_folder(tmp_path: Path) -> 
 def test_bad_watch_rules_name_the_key(rule: dict, key: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=f"'{re.escape(key)}'.*{reason}"):
         parse_config({"watch": [rule]})
+
+
+def test_relative_journal_path_is_taken_from_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[daemon]\njournal = "state/j.sqlite"\n')
+    assert load_config(tmp_path / "config.toml").journal_path() == tmp_path / "state/j.sqlite"
+    assert Config().journal_path().name == "journal.sqlite"
