@@ -2,6 +2,7 @@
 
     python -m exporters.superres train --preset best --out runs/superres-best --steps 13000
     python -m exporters.superres validate --ckpt runs/superres-best/best.pt
+    python -m exporters.superres export --ckpt runs/superres-best/best.pt --preset best
 
 Protocol (../shared/data/README.md): the HR image is cropped to a multiple of the scale, the LR
 image is Pillow's antialiased bicubic downscale, PSNR and SSIM are measured on BT.601 Y (16-235)
@@ -10,6 +11,7 @@ with `scale` border pixels shaved.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -524,6 +526,113 @@ def validate_command(ckpt: Path, val_dir: Path, threads: int, device: str) -> No
     model = load_trained(ckpt, dev)
     m = evaluate(val, lambda lr, s: super_resolve(model, lr, s, dev))
     click.echo(f"{ckpt}: {format_metrics(m)}")
+
+
+# --- export: one single-scale ONNX model per scale, through the shared exporter -------------
+
+EXPORT_EXAMPLE = (32, 40)  # example LR size (H, W); parity also runs on the sizes below
+EXPORT_PARITY_SIZES = ((1, 1), (7, 5), (33, 47))  # odd and degenerate sizes, none the example
+TRAINING_DATA = "T91 + BSDS400 (../shared/data/sr-train)"
+PLANNED_STEPS = 13000
+
+
+def describe_architecture(preset: Preset, scale: int) -> str:
+    """Return a one-paragraph description of the single-scale network exported for scale."""
+    tail = "two x2 pixel-shuffle stages" if scale == 4 else f"one x{scale} pixel-shuffle stage"
+    dilated = ", ".join(str(i) for i in preset.dilated) or "none"
+    return (f"MultiScaleSR (EDSR/MDSR-style), x{scale} tail: 3x3 head conv to {preset.channels} "
+            f"channels, {preset.blocks} residual blocks (conv-ReLU-conv, res_scale "
+            f"{preset.res_scale}; blocks {dilated} with dilation 2) and a body conv with a "
+            f"global skip, then {tail} ({preset.up_channels} features) and a 3x3 conv to RGB, "
+            f"added to a bilinear x{scale} upscale of the input; output clamped to [0, 1]. "
+            f"Fully convolutional: any input size.")
+
+
+def checkpoint_facts(ckpt: Path) -> tuple[MultiScaleSR, str, int]:
+    """Return (model in eval mode on the CPU, preset name, training step) of a checkpoint."""
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = build_model(ck["preset"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck["preset"], int(ck["step"])
+
+
+def scale_metrics(model_m: dict[str, float], bicubic_m: dict[str, float], scale: int,
+                  val_name: str) -> dict[str, float | str]:
+    """Return the model-card metrics of one scale: model and bicubic PSNR-Y/SSIM-Y."""
+    out: dict[str, float | str] = {
+        "protocol": "../shared/data/README.md: HR cropped to a multiple of the scale, LR by "
+                    "Pillow bicubic, Y (BT.601, 16-235), scale px shaved",
+    }
+    for who, m in (("model", model_m), ("bicubic", bicubic_m)):
+        out[f"{val_name} x{scale} PSNR-Y dB ({who})"] = round(m[f"psnr_x{scale}"], 3)
+        out[f"{val_name} x{scale} SSIM-Y ({who})"] = round(m[f"ssim_x{scale}"], 4)
+    return out
+
+
+def single_scale(model: MultiScaleSR, scale: int) -> FixedScale:
+    """Return FixedScale over a copy of model holding only the x`scale` tail.
+
+    The other tails are not in the exported graph, so they must not count in its parameters.
+    """
+    net = copy.deepcopy(model)
+    net.tails = nn.ModuleDict({str(scale): net.tails[str(scale)]})
+    return FixedScale(net, scale).eval()
+
+
+def export_scale(model: MultiScaleSR, *, preset: str, scale: int, step: int,
+                 metrics: dict[str, float | str], out_dir: Path) -> Any:
+    """Return the ExportResult of the x`scale` model written as superres-<preset>-x<scale>."""
+    from exporters.onnx_export import ModelCard, export_model  # onnx only needed to export
+
+    def image(h: int, w: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w))}
+
+    card = ModelCard(
+        name=f"superres-{preset}-x{scale}",
+        summary=f"x{scale} single-image super-resolution (RGB in [0, 1], any size).",
+        architecture=describe_architecture(PRESETS[preset], scale),
+        training_data=TRAINING_DATA,
+        training_steps=(f"{step} steps (batch 16, 48 px LR patches, L1, Adam 2e-4 cosine; scales "
+                        f"x2/x3/x4 in turn): an early CPU checkpoint of a {PLANNED_STEPS:,}-step "
+                        f"plan"),
+        metrics=metrics,
+        facts={"scale": scale, "preset": preset, "step": step, "colour": "sRGB",
+               "range": [0, 1]},
+    )
+    return export_model(
+        single_scale(model, scale), card=card, example_inputs=image(*EXPORT_EXAMPLE),
+        output_names=["output"],
+        dynamic_axes={"image": {2: "height", 3: "width"}, "output": {2: "out_height",
+                                                                    3: "out_width"}},
+        out_dir=out_dir, parity_inputs=[image(h, w) for h, w in EXPORT_PARITY_SIZES])
+
+
+@cli.command("export")
+@click.option("--ckpt", type=EXISTING, required=True)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="best",
+              help="Must match the checkpoint's preset; names the files.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("plugins/models"))
+@click.option("--val-dir", type=EXISTING, default=VAL_DIR)
+@click.option("--threads", type=int, default=2)
+def export_command(ckpt: Path, preset: str, out: Path, val_dir: Path, threads: int) -> None:
+    """Measure a checkpoint on --val-dir and export it as superres-<preset>-x2/x3/x4."""
+    torch.set_num_threads(threads)
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # per-pass notes, not results
+    model, ck_preset, step = checkpoint_facts(ckpt)
+    if ck_preset != preset:
+        raise click.UsageError(f"{ckpt} holds a {ck_preset!r} model, not {preset!r}")
+    val = load_val(val_dir)
+    cpu = torch.device("cpu")
+    bicubic = evaluate(val, bicubic_upscale)
+    measured = evaluate(val, lambda lr, s: super_resolve(model, lr, s, cpu))
+    click.echo(f"step {step}; bicubic: {format_metrics(bicubic)}; model: "
+               f"{format_metrics(measured)}")
+    for scale in SCALES:
+        result = export_scale(model, preset=preset, scale=scale, step=step,
+                              metrics=scale_metrics(measured, bicubic, scale, val_dir.name),
+                              out_dir=out)
+        click.echo(f"{result.onnx_path}: {result.parameters:,} parameters, parity max abs "
+                   f"error {result.max_abs_error:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""superres: single-image super-resolution with the shipped CNN (x2, x3, x4), at any factor.
+
+    imgproc run --plugin superres --option scale=4 photos/ -o big/
+    imgproc run -p superres -O scale=2.5 photos/ -o big/
+    imgproc run -p superres -O width=1920 photos/ -o big/
+
+The models are `models/superres-best-x{2,3,4}.onnx`, exported from the `best` preset of
+`exporters.superres` (training data, steps and McMaster18 figures are in their model cards).
+A factor that is not 2, 3 or 4 runs the nearest model scale at or above it (x4 above 4) and then
+resizes to the exact size with Lanczos, as Real-ESRGAN's `--outscale` does. A factor of 1 or
+less runs no model (only the resize).
+
+There is no `model=fast` option: the trainer's `fast` preset has no trained weights, so only the
+`best` models ship. The host tiles large inputs (`context.tiled`) and upscales alpha alongside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from imgproc import ModelFile, Option, Processor, hookimpl
+from imgproc_plugins.refit import output_size
+
+MODELS = Path(__file__).parent / "models"
+PRESET = "best"
+MODEL_SCALES = (2, 3, 4)
+
+
+def model_name(scale: int) -> str:
+    """Return the name of the shipped model for an integer scale."""
+    return f"superres-{PRESET}-x{scale}"
+
+
+def model_scale(factor: float) -> int | None:
+    """Return the model scale to run for a size factor: the smallest one at or above it, 4
+    above 4, or None when the factor is 1 or less (a plain resize does it)."""
+    if factor <= 1.0:
+        return None
+    return next((s for s in MODEL_SCALES if s >= factor), MODEL_SCALES[-1])
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Return a float32 H x W x C image resized to height x width, Lanczos per channel.
+
+    Mode F keeps float values (no 8-bit rounding); Pillow antialiases when shrinking.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    planes = [Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
+              for c in range(image.shape[2])]
+    return np.stack([np.asarray(p.resize((width, height), Image.Resampling.LANCZOS))
+                     for p in planes], axis=2)
+
+
+def upscale_fn(session: Any) -> Any:
+    """Return a function mapping an H x W x 3 tile to its model upscale (H*s x W*s x 3)."""
+
+    def run(tile: np.ndarray) -> np.ndarray:
+        nchw = np.ascontiguousarray(tile.transpose(2, 0, 1)[None], dtype=np.float32)
+        return session.run({"image": nchw})[0][0].transpose(1, 2, 0)
+
+    return run
+
+
+def superres(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Return the image upscaled to the requested size, clipped to [0, 1]."""
+    image = images[0]
+    height, width = image.shape[:2]
+    out_h, out_w = output_size(height, width, options)
+    # The larger per-axis factor decides: width= and height= together may stretch one axis.
+    scale = model_scale(max(out_h / height, out_w / width))
+    if scale is not None:
+        run = upscale_fn(context.session(model_name(scale)))
+        image = context.tiled(run, image, scale=scale)
+    return np.clip(resize(image, out_h, out_w), 0.0, 1.0)
+
+
+PROCESSOR = Processor(
+    name="superres",
+    summary="Upscale images with a super-resolution CNN (x2/x3/x4, any factor via resize).",
+    process=superres,
+    options=(
+        Option("scale", float, 4.0, "output size factor (ignored when width or height is set)",
+               min=1.0, max=16.0),
+        Option("width", int, None, "output width in pixels (height follows the aspect)", min=1),
+        Option("height", int, None, "output height in pixels (width follows the aspect)", min=1),
+    ),
+    models=tuple(ModelFile.from_facts(MODELS / f"{model_name(s)}.json") for s in MODEL_SCALES),
+)
+
+
+@hookimpl
+def imgproc_processors() -> list[Processor]:
+    """Return the superres processor."""
+    return [PROCESSOR]
+
+
+__all__ = ["MODEL_SCALES", "PROCESSOR", "model_name", "model_scale", "resize"]
