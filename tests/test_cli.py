@@ -166,13 +166,19 @@ def test_unreadable_file_fails_with_permission_denied(tmp_path: Path,
 
 
 def test_readme_main_job_on_the_shipped_samples(tmp_path: Path) -> None:
-    """The installed console script runs the example plugin on the sample images."""
+    """The installed console script runs the README's main job on the sample images."""
     exe = Path(sys.executable).with_name("imgproc")
-    result = subprocess.run([str(exe), "run", "--plugin", "sepia", str(SAMPLES), "-o",
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(exe), "run", "--plugin", "superres", "--option", "scale=2",
+                             str(SAMPLES), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outputs == sorted(p.name for p in SAMPLES.iterdir() if p.suffix != ".md")
+    from PIL import Image
+
+    for name in outputs:
+        with Image.open(SAMPLES / name) as src, Image.open(tmp_path / "out" / name) as out:
+            assert out.size == (2 * src.width, 2 * src.height)
 
 
 def test_alpha_exif_and_orientation_survive_a_run(run_cli: Run, tmp_path: Path) -> None:
