@@ -9,13 +9,11 @@ time the bare solve. The issue's bar: a 1-megapixel merge in under 1 s on 2 CPU 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import structlog
 import torch
 from skimage import data
+from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
 from exporters.merge import PoissonMerge, reference_merge, torch_feeds
 from imgproc.config import RuntimeSettings
@@ -24,7 +22,6 @@ from imgproc_plugins.merge import imgproc_processors, resize
 
 SIZES = ((512, 512), (1000, 1000))
 MODES = ("mean", "mixed")
-REPEATS = 3
 BAR_SECONDS = 1.0
 
 
@@ -32,17 +29,6 @@ def _images(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Return astronaut and coffee as float32 RGB resized to height x width."""
     return tuple(resize(image.astype(np.float32) / 255, height, width)  # type: ignore[return-value]
                  for image in (data.astronaut(), data.coffee()))
-
-
-def _best_s(fn: Callable[[], object]) -> float:
-    """Return the best wall time of REPEATS calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _timings(a: np.ndarray, b: np.ndarray, mode: str) -> tuple[float, float, float]:
@@ -59,10 +45,10 @@ def _timings(a: np.ndarray, b: np.ndarray, mode: str) -> tuple[float, float, flo
             module(*feeds.values())
 
     return (
-        _best_s(lambda: processor.process([a, b], options=dict(options),
+        best_time(lambda: processor.process([a, b], options=dict(options),
                                           context=runtime.context(processor))),
-        _best_s(eager),
-        _best_s(lambda: reference_merge(a, b, weight=0.5, mixed=mixed)),
+        best_time(eager),
+        best_time(lambda: reference_merge(a, b, weight=0.5, mixed=mixed)),
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 from skimage import data
+from timing import best_time  # benchmarks/ is on sys.path (run.py)
 
+from exporters.superres import psnr_y
 from imgproc_plugins import siren
 
 BUDGET_S = 60.0
@@ -89,25 +90,9 @@ def render_table() -> list[str]:
     rows = ["| renderer (512x512 fit -> 2048x2048) | seconds | s per output MP |",
             "| --- | ---: | ---: |"]
     for label, fn in (("ONNX Runtime (CPU)", by_ort), ("PyTorch eager", by_torch)):
-        seconds = min(_timed(fn) for _ in range(2))
+        seconds = best_time(fn, repeats=2, warm_up=False)
         rows.append(f"| {label} | {seconds:.2f} | {seconds / (2048 * 2048 / 1e6):.2f} |")
     return rows
-
-
-def _timed(fn: object) -> float:
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - start
-
-
-def _y(rgb: np.ndarray) -> np.ndarray:
-    return 16.0 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
-
-
-def psnr_y(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
-    """Return PSNR on the Y channel (BT.601, 16-235) with `shave` border pixels removed."""
-    diff = (_y(sr) - _y(hr))[shave:-shave, shave:-shave]
-    return 10 * math.log10(255.0**2 / float(np.mean(diff**2)))
 
 
 def _crop_multiple(hr: Image.Image, scale: float) -> Image.Image:
@@ -136,7 +121,7 @@ def upscale_table() -> list[str]:
                                   fit.layout, hr.height, hr.width,
                                   pixels_per_unit=fit.config.pixels_per_unit)
             shave = math.ceil(scale)
-            ours.append(psnr_y(np.clip(up, 0, 1), hr_a, shave))
+            ours.append(psnr_y(np.clip(up, 0, 1), hr_a, shave))  # the SR protocol's code
             bic = np.asarray(lr.resize(hr.size, Image.Resampling.BICUBIC), np.float32) / 255
             bicubic.append(psnr_y(bic, hr_a, shave))
             seconds.append(fit.seconds)

@@ -11,7 +11,6 @@ bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from PIL import Image
+from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
 from exporters.superres import (
     bicubic_upscale,
@@ -39,7 +39,6 @@ HR_DIR = Path(os.environ.get("IMGPROC_SR_HR", ROOT.parent / "shared" / "data" / 
 CHECKPOINT = ROOT / "runs" / "superres-best" / "best.pt"
 THREADS = 2
 SPEED_INPUT = 256  # LR side of the speed test image
-REPEATS = 3
 
 
 def session(scale: int) -> ort.InferenceSession:
@@ -57,17 +56,6 @@ def eager_model(scale: int) -> torch.nn.Module:
     net = load_trained(CHECKPOINT, torch.device("cpu")) if CHECKPOINT.exists() \
         else build_model("best")
     return single_scale(net, scale)
-
-
-def best_time(fn: Callable[[], object]) -> float:
-    """Return the fastest of REPEATS timed calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def speed_rows() -> list[str]:

@@ -16,23 +16,10 @@ import structlog
 
 from imgproc import Option, Processor, hookimpl
 from imgproc_plugins import require_torch
+from imgproc_plugins.sizing import output_size, size_options
 
 log = structlog.get_logger("imgproc.refit")
 OUTPUTS = ("gradient", "laplacian")
-
-
-def output_size(height: int, width: int, options: dict[str, Any]) -> tuple[int, int]:
-    """Return the output (height, width): width/height if given (aspect kept when only one
-    is), otherwise the input size times `scale`."""
-    out_w, out_h = options.get("width"), options.get("height")
-    if out_w and out_h:
-        return out_h, out_w
-    if out_w:
-        return max(1, round(height * out_w / width)), out_w
-    if out_h:
-        return out_h, max(1, round(width * out_h / height))
-    scale = options["scale"]
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def config_from(options: dict[str, Any]) -> Any:
@@ -127,10 +114,7 @@ PROCESSOR = Processor(
     summary="Fit a SIREN to each image and resample it at any size.",
     process=refit,
     options=(
-        Option("scale", float, 2.0, "output size factor (ignored when width or height is set)",
-               min=0.01, max=64.0),
-        Option("width", int, None, "output width in pixels (height follows the aspect)", min=1),
-        Option("height", int, None, "output height in pixels (width follows the aspect)", min=1),
+        *size_options(2.0, min_scale=0.01, max_scale=64.0),
         Option("steps", int, 300, "most optimisation steps per image", min=1),
         Option("target_psnr", float, 36.0, "stop once the fit reaches this PSNR (dB)", min=1.0),
         Option("max_seconds", float, 0.0, "stop each fit after this long (0: no limit)",
@@ -195,4 +179,4 @@ def imgproc_commands() -> list[click.Command]:
     return [render]
 
 
-__all__ = ["PROCESSOR", "output_size"]
+__all__ = ["PROCESSOR"]

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgproc import ModelFile, Option, Processor, hookimpl
-from imgproc_plugins.refit import output_size
+from imgproc import ModelFile, Processor, hookimpl
+from imgproc_plugins.sizing import output_size, size_options
 
 MODELS = Path(__file__).parent / "models"
 PRESET = "best"
@@ -84,10 +84,7 @@ PROCESSOR = Processor(
     summary="Upscale images with a super-resolution CNN (x2/x3/x4, any factor via resize).",
     process=superres,
     options=(
-        Option("scale", float, 4.0, "output size factor (ignored when width or height is set)",
-               min=1.0, max=16.0),
-        Option("width", int, None, "output width in pixels (height follows the aspect)", min=1),
-        Option("height", int, None, "output height in pixels (width follows the aspect)", min=1),
+        *size_options(4.0, min_scale=1.0, max_scale=16.0),
     ),
     models=tuple(ModelFile.from_facts(MODELS / f"{model_name(s)}.json") for s in MODEL_SCALES),
 )

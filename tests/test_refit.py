@@ -17,7 +17,8 @@ from skimage import data
 from imgproc.cli import cli
 from imgproc.runtime import Runtime
 from imgproc_plugins import siren
-from imgproc_plugins.refit import PROCESSOR, derivatives, luma_derivative, output_size
+from imgproc_plugins.refit import PROCESSOR, derivatives, luma_derivative
+from imgproc_plugins.sizing import output_size
 
 from .conftest import read_rgb
 
