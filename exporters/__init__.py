@@ -2,24 +2,7 @@
 
 from __future__ import annotations
 
-from exporters.onnx_export import (
-    ExportError,
-    ExportResult,
-    ModelCard,
-    ParityError,
-    check_parity,
-    count_parameters,
-    export_model,
-    sha256_file,
-)
+from exporters import onnx_export
+from exporters.onnx_export import *  # noqa: F403 - the public names are onnx_export's
 
-__all__ = [
-    "ExportError",
-    "ExportResult",
-    "ModelCard",
-    "ParityError",
-    "check_parity",
-    "count_parameters",
-    "export_model",
-    "sha256_file",
-]
+__all__ = onnx_export.__all__

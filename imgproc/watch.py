@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from imgproc.batch import Job, Step, check_pipeline, process_one
+from imgproc.batch import Job, Step, check_pipeline, prepare, process_one
 from imgproc.config import DaemonSettings, OutputSettings, WatchRule
 from imgproc.errors import UsageError
 from imgproc.images import TEMP_SUFFIX, output_suffix
@@ -240,10 +240,7 @@ class Daemon:
     def start(self) -> None:
         """Recover the journal, start observers, scan for files that arrived while down."""
         for watch in self.watches:
-            for step in watch.steps:
-                for model in step.processor.models:
-                    self.runtime.context(step.processor).session(model.name)
-        for watch in self.watches:
+            prepare(watch.steps, self.runtime)  # models and fixed images, as `imgproc run` does
             _sweep_temporaries(watch.rule.output)
         done, queued = self.journal.recover()
         log.info("daemon starting", rules=len(self.watches), recovered_done=done,

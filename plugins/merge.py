@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from imgproc import ModelFile, Option, Processor, hookimpl
 from imgproc_plugins import require_torch
+from imgproc_plugins.sizing import resize
 
 MODELS = Path(__file__).parent / "models"
 MODEL = "merge-poisson"
@@ -70,17 +70,6 @@ def solver_feeds(a: np.ndarray, b: np.ndarray, *, weight: float, mixed: bool
 def _nchw(image: np.ndarray) -> np.ndarray:
     """Return an H x W x 3 image as a contiguous 1 x 3 x H x W float32 array."""
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Return a float32 H x W x C image resized channel by channel (Pillow bicubic, mode F).
-
-    Mode F keeps the float values (no 8-bit rounding); Pillow antialiases when shrinking.
-    """
-    planes = [Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
-              for c in range(image.shape[2])]
-    return np.stack([np.asarray(p.resize((width, height), Image.Resampling.BICUBIC))
-                     for p in planes], axis=2)
 
 
 def merge(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Output size options shared by the resizing plugins (refit, superres)."""
+"""Output sizes and float resizing shared by the built-in plugins (refit, superres, merge)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from imgproc import Option
 
@@ -32,3 +35,16 @@ def output_size(height: int, width: int, options: Mapping[str, Any]) -> tuple[in
         return out_h, max(1, round(width * out_h / height))
     scale = options["scale"]
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: np.ndarray, height: int, width: int, *,
+           resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """Return a float32 H x W x C image resized to height x width, channel by channel.
+
+    Pillow's mode F keeps the float values (no 8-bit rounding) and antialiases when shrinking.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    planes = [Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
+              for c in range(image.shape[2])]
+    return np.stack([np.asarray(p.resize((width, height), resample)) for p in planes], axis=2)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from imgproc import ModelFile, Processor, hookimpl
-from imgproc_plugins.sizing import output_size, size_options
+from imgproc_plugins.sizing import output_size, resize, size_options
 
 MODELS = Path(__file__).parent / "models"
 PRESET = "best"
@@ -41,19 +41,6 @@ def model_scale(factor: float) -> int | None:
     if factor <= 1.0:
         return None
     return next((s for s in MODEL_SCALES if s >= factor), MODEL_SCALES[-1])
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Return a float32 H x W x C image resized to height x width, Lanczos per channel.
-
-    Mode F keeps float values (no 8-bit rounding); Pillow antialiases when shrinking.
-    """
-    if image.shape[:2] == (height, width):
-        return image
-    planes = [Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
-              for c in range(image.shape[2])]
-    return np.stack([np.asarray(p.resize((width, height), Image.Resampling.LANCZOS))
-                     for p in planes], axis=2)
 
 
 def upscale_fn(session: Any) -> Any:
@@ -76,7 +63,7 @@ def superres(images: list[np.ndarray], *, options: dict[str, Any], context: Any)
     if scale is not None:
         run = upscale_fn(context.session(model_name(scale)))
         image = context.tiled(run, image, scale=scale)
-    return np.clip(resize(image, out_h, out_w), 0.0, 1.0)
+    return np.clip(resize(image, out_h, out_w, resample=Image.Resampling.LANCZOS), 0.0, 1.0)
 
 
 PROCESSOR = Processor(
@@ -96,4 +83,4 @@ def imgproc_processors() -> list[Processor]:
     return [PROCESSOR]
 
 
-__all__ = ["MODEL_SCALES", "PROCESSOR", "model_name", "model_scale", "resize"]
+__all__ = ["MODEL_SCALES", "PROCESSOR", "model_name", "model_scale"]

@@ -27,7 +27,8 @@ from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc.session import Session
-from imgproc_plugins.merge import MODEL, imgproc_processors, resize, solver_feeds
+from imgproc_plugins.merge import MODEL, imgproc_processors, solver_feeds
+from imgproc_plugins.sizing import resize
 
 from .conftest import read_rgb
 
