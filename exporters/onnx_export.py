@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.fx.experimental._config as fx_config
 
 from imgproc.session import sha256_file  # the host checks models with the same digest
 
@@ -266,7 +267,9 @@ def _export_onnx(module: torch.nn.Module, model: str, example_inputs: Inputs,
     """Return None after writing `module` as one self-contained ONNX file at `path`."""
     args = tuple(example_inputs.values())
     shapes = _dynamic_shapes(example_inputs, dynamic_axes)
-    with _quiet_exporter():
+    # Size-oblivious: otherwise every strided convolution adds a guard "output size != 1"
+    # that min=1 violates (torch specialises sizes 0 and 1); parity at 1 x 1 checks the result.
+    with _quiet_exporter(), fx_config.patch(backed_size_oblivious=True):
         try:
             program = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
         except Exception as exc:  # torch raises many types; all mean "cannot capture"

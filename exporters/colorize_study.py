@@ -1,0 +1,156 @@
+"""The activation study's report: tables and a loss plot from the runs' history.jsonl files.
+
+    python -m exporters.colorize_study runs/colorize/FR-mse runs/colorize/SRS-mse \\
+        runs/colorize/S130-mse ... --doc docs/colorize-study.md
+
+Every run was trained by `python -m exporters.colorize train` with the same seed (same initial
+weights per architecture, same data order and crops), so epochs and seconds compare. Loss levels
+compare only between runs of the same loss; the fully connected SIREN has its own (RGB MSE).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: its name, configuration and per-epoch history."""
+
+    name: str
+    config: dict[str, object]
+    parameters: int
+    history: list[dict[str, float]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.config['variant']} / {self.config['loss']}"
+
+    @property
+    def family(self) -> str:
+        """Runs whose losses compare: the CNN's mse, the CNN's class, FC's RGB MSE."""
+        return "FC" if self.config["variant"] == "FC" else str(self.config["loss"])
+
+    def first_epoch_at(self, level: float, key: str = "loss") -> dict[str, float] | None:
+        """Return the first history row whose `key` is at or below level (None if never)."""
+        return next((r for r in self.history if r[key] <= level), None)
+
+    def last_eval(self) -> dict[str, float]:
+        return [r for r in self.history if "psnr" in r][-1]
+
+
+def load_run(folder: Path) -> Run:
+    """Return the run recorded in folder (history.jsonl and last.pt)."""
+    ck = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)
+    parameters = sum(v.numel() for k, v in ck["model"].items())
+    return Run(folder.name, ck["config"], parameters, ck["history"])
+
+
+def convergence_table(runs: Sequence[Run], reference: Run, epochs: Sequence[int]) -> list[str]:
+    """Return markdown rows: epochs (seconds) each run took to reach the reference run's
+    training loss after each of `epochs`, and the speed-up over the reference."""
+    levels = [reference.history[e - 1]["loss"] for e in epochs if e <= len(reference.history)]
+    head = "| run | " + " | ".join(f"loss {lv:.5f} (ref. epoch {e})"
+                                    for lv, e in zip(levels, epochs, strict=False)) + " |"
+    rows = [head, "|" + " --- |" * (len(levels) + 1)]
+    for run in runs:
+        cells = []
+        for level in levels:
+            ref, got = reference.first_epoch_at(level), run.first_epoch_at(level)
+            if got is None:
+                cells.append(f"not reached in {len(run.history)}")
+            else:
+                speed = ref["epoch"] / got["epoch"] if ref else float("nan")
+                cells.append(f"{got['epoch']:.0f} ep ({got['seconds']:.0f} s), x{speed:.1f}")
+        rows.append(f"| {run.name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def summary_table(runs: Sequence[Run]) -> list[str]:
+    """Return markdown rows: size, speed, final and best losses, PSNR and colourfulness."""
+    rows = ["| run | variant / loss | parameters | epochs | s/epoch | final train loss | "
+            "best val loss (epoch) | final val loss | color-val PSNR dB | colourfulness |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for run in runs:
+        last, best = run.history[-1], min(run.history, key=lambda r: r["val_loss"])
+        ev = run.last_eval()
+        rows.append(f"| {run.name} | {run.label} | {run.parameters:,} | {last['epoch']:.0f} | "
+                    f"{last['seconds'] / last['epoch']:.1f} | {last['loss']:.5f} | "
+                    f"{best['val_loss']:.5f} ({best['epoch']:.0f}) | {last['val_loss']:.5f} | "
+                    f"{ev['psnr']:.2f} | {ev['colourfulness']:.1f} |")
+    return rows
+
+
+def quality_by_epoch(runs: Sequence[Run]) -> list[str]:
+    """Return markdown rows: color-val PSNR / colourfulness at each evaluated epoch."""
+    epochs = sorted({int(r["epoch"]) for run in runs for r in run.history if "psnr" in r})
+    rows = ["| run | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+            "|" + " --- |" * (len(epochs) + 1)]
+    for run in runs:
+        by = {int(r["epoch"]): r for r in run.history if "psnr" in r}
+        rows.append(f"| {run.name} | " + " | ".join(
+            f"{by[e]['psnr']:.2f} / {by[e]['colourfulness']:.1f}" if e in by else ""
+            for e in epochs) + " |")
+    return rows
+
+
+def plot(runs: Sequence[Run], path: Path) -> None:
+    """Write a PNG of training (solid) and validation (dashed) loss per epoch, one panel per
+    loss family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(dict.fromkeys(r.family for r in runs))
+    titles = {"mse": "CNN, MSE on ab/110", "class": "CNN, rebalanced cross-entropy on ab bins",
+              "FC": "fully connected SIREN, MSE on RGB"}
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        for i, run in enumerate(r for r in runs if r.family == family):
+            epochs = [r["epoch"] for r in run.history]
+            colour = f"C{i}"
+            ax.plot(epochs, [r["loss"] for r in run.history], color=colour, label=f"{run.name} "
+                    "train")
+            ax.plot(epochs, [r["val_loss"] for r in run.history], color=colour, ls="--",
+                    label=f"{run.name} val")
+        ax.set(title=titles.get(family, family), xlabel="epoch", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@click.command()
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, path_type=Path),
+                required=True)
+@click.option("--reference", default="FR-mse", help="Run whose loss levels the others reach.")
+@click.option("--table", type=click.Path(path_type=Path), default=Path(
+    "docs/colorize-study-tables.md"), help="Markdown file the tables are written to.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              default=Path("docs/colorize-study.png"))
+def main(folders: tuple[Path, ...], reference: str, table: Path, plot_path: Path) -> None:
+    """Write the study's tables (markdown) and loss plot (PNG) from training runs."""
+    runs = [load_run(f) for f in folders]
+    ref = next(r for r in runs if r.name == reference)
+    peers = [r for r in runs if r.family == ref.family]
+    n = len(ref.history)
+    lines = ["### Runs", "", *summary_table(runs), "",
+             f"### Epochs (seconds) to reach {ref.name}'s training loss", "",
+             *convergence_table(peers, ref, sorted({5, 10, n // 2, n})), "",
+             "### color-val PSNR dB / colourfulness by epoch", "", *quality_by_epoch(runs), ""]
+    table.write_text("\n".join(lines))
+    plot(runs, plot_path)
+    click.echo("\n".join(lines))
+    click.echo(json.dumps({"plot": str(plot_path), "tables": str(table)}))
+
+
+if __name__ == "__main__":
+    main()
