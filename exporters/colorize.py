@@ -19,6 +19,7 @@ PSNR on 8-bit RGB against the ground truth and Hasler-Suesstrunk colourfulness o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -274,12 +275,16 @@ def load_lab(path: Path, short_side: int) -> np.ndarray:
 
 
 def load_folder(folder: Path, short_side: int, cache: Path) -> list[np.ndarray]:
-    """Return every image in folder as Lab at short_side, cached as an npz in cache."""
-    file = cache / f"{folder.name}-{short_side}.npz"
+    """Return every image in folder as Lab at short_side, cached as an npz in cache (keyed by
+    the files' paths, sizes and times)."""
+    paths = sorted(folder.glob("*.jpg"))
+    listing = "\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in paths)
+    key = hashlib.sha256(listing.encode()).hexdigest()[:12]
+    file = cache / f"{folder.name}-{short_side}-{key}.npz"
     if file.exists():
         with np.load(file) as z:
             return [z[k] for k in sorted(z.files, key=int)]
-    images = [load_lab(p, short_side) for p in sorted(folder.glob("*.jpg"))]
+    images = [load_lab(p, short_side) for p in paths]
     cache.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.stem + ".tmp.npz")
     np.savez(tmp, **{str(i): im for i, im in enumerate(images)})
@@ -431,6 +436,8 @@ class Trainer:
         self.net = build_net(cfg.net, len(self.bins)).to(self.device)
         self.rng = np.random.default_rng(cfg.seed)
         self.steps_per_epoch = len(train) // cfg.batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training images make no batch of {cfg.batch}")
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: cosine_factor(s, cfg.epochs * self.steps_per_epoch))
@@ -639,6 +646,9 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
 
     model, ck = load_trained(ckpt, torch.device("cpu"), temperature)
     cfg, config = model.cfg, ck["config"]
+    if cfg.variant == "FC":
+        raise click.UsageError("the fully connected SIREN is a study row, not a shippable "
+                               "model (fixed 48 x 48 input, RGB output)")
     render = config["size"] * 9 // 8
     val = load_val_rgb(VAL_DIR)
     floor = evaluate(val, lambda lt: np.zeros((*lt.shape, 2), np.float32), render_size=render)
@@ -649,7 +659,7 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
         g = torch.Generator().manual_seed(h * w)
         return {"lightness": 100 * torch.rand(1, 1, h, w, generator=g)}
 
-    steps = ck["epoch"] * (1741 // config["batch"])
+    steps = ck["scheduler"]["last_epoch"]  # one scheduler step per optimiser step
     card = ModelCard(
         name=name,
         summary="Chroma (Lab ab) of a grey photograph from its lightness at the working size.",
@@ -678,7 +688,8 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                         dynamic_axes={"lightness": {2: "height", 3: "width"},
                                       "ab": {2: "out_height", 3: "out_width"}},
                         out_dir=out_dir,
-                        parity_inputs=[lightness(h, w) for h, w in ((1, 1), (7, 5), (65, 47))])
+                        parity_inputs=[lightness(h, w) for h, w in ((1, 1), (7, 5), (65, 47))],
+                        size_oblivious=True)
 
 
 @cli.command("export")

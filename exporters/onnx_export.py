@@ -138,6 +138,7 @@ def export_model(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     opset: int = 18,
+    size_oblivious: bool = False,
 ) -> ExportResult:
     """Return the files and figures of `module` exported to `out_dir/<card.name>.onnx`.
 
@@ -156,7 +157,7 @@ def export_model(
     module.eval()
     try:
         _export_onnx(module, card.name, example_inputs, output_names, dynamic_axes, partial,
-                     opset)
+                     opset, size_oblivious)
         model = _checked_model(partial, card.name, opset, dynamic_axes)
         session = _cpu_session(partial)
         max_error = max(_parity(module, session, inputs, atol=atol, rtol=rtol, name=card.name)
@@ -263,13 +264,11 @@ def _check_other_sizes(model: str, example_inputs: Inputs,
 
 def _export_onnx(module: torch.nn.Module, model: str, example_inputs: Inputs,
                  output_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]],
-                 path: Path, opset: int) -> None:
+                 path: Path, opset: int, size_oblivious: bool) -> None:
     """Return None after writing `module` as one self-contained ONNX file at `path`."""
     args = tuple(example_inputs.values())
     shapes = _dynamic_shapes(example_inputs, dynamic_axes)
-    # Size-oblivious: otherwise every strided convolution adds a guard "output size != 1"
-    # that min=1 violates (torch specialises sizes 0 and 1); parity at 1 x 1 checks the result.
-    with _quiet_exporter(), fx_config.patch(backed_size_oblivious=True):
+    with _quiet_exporter(), fx_config.patch(backed_size_oblivious=size_oblivious):
         try:
             program = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
         except Exception as exc:  # torch raises many types; all mean "cannot capture"

@@ -81,10 +81,15 @@ def grey_of(rgb: np.ndarray) -> np.ndarray:
 PredictAb = Callable[[np.ndarray], np.ndarray]
 
 
+MAX_ASPECT = 8  # a thin strip is squeezed to this aspect rather than run at full length
+
+
 def working_size(height: int, width: int, render_size: int) -> tuple[int, int]:
-    """Return the (height, width) with the short side at render_size, aspect kept."""
+    """Return the (height, width) with the short side at render_size, aspect kept up to
+    MAX_ASPECT (the long side is at most MAX_ASPECT * render_size)."""
     s = render_size / min(height, width)
-    return max(1, round(height * s)), max(1, round(width * s))
+    cap = MAX_ASPECT * render_size
+    return min(cap, max(1, round(height * s))), min(cap, max(1, round(width * s)))
 
 
 def colorize_lab(rgb: np.ndarray, predict_ab: PredictAb, *, render_size: int,
