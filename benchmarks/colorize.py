@@ -33,10 +33,6 @@ from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
 from exporters.colorize import (
     VAL_DIR,
-    Bins,
-    Colorizer,
-    NetConfig,
-    build_net,
     colourfulness,
     evaluate,
     load_trained,
@@ -45,6 +41,7 @@ from exporters.colorize import (
     to8,
     torch_predictor,
 )
+from exporters.colorize_nets import Bins, Colorizer, NetConfig, build_net
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc_plugins.colorize import MODEL, PROCESSOR
@@ -60,7 +57,7 @@ LIMIT = int(os.environ["IMGPROC_COLORIZE_LIMIT"]) if os.environ.get("IMGPROC_COL
 THREADS = 2
 STRENGTHS = (1.0, 1.5, 2.0)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # ship inside scikit-image: no download
-SHEET_EVERY, SHEET_VAL, TILE_HEIGHT = 12, 8, 160
+SHEET_EVERY, SHEET_VAL, TILE_HEIGHT = 12, 8, 128
 SPEED_SIDE = 1000  # astronaut resized to 1000x1000: 1 megapixel
 LARGER_RENDER_SIZES = (256, 512)
 BAR_SECONDS = 0.5
@@ -90,17 +87,6 @@ def checkpoint_path(f: dict[str, Any]) -> Path | None:
     return ROOT / "runs" / "colorize" / str(f["run"]) / "last.pt" if f.get("run") else None
 
 
-def _n_bins(f: dict[str, Any], cfg: NetConfig) -> int:
-    """Return the number of ab bins: the facts' `bins`, else solved from the card's parameter
-    count (the class head is a 1x1 convolution, so parameters grow linearly with the bins)."""
-    if cfg.loss != "class":
-        return 0
-    if f.get("bins"):
-        return int(f["bins"])
-    one, two = (sum(p.numel() for p in build_net(cfg, q).parameters()) for q in (1, 2))
-    return 1 + (int(card()["parameters"]) - one) // (two - one)
-
-
 def eager_model(f: dict[str, Any]) -> tuple[Colorizer, str]:
     """Return the PyTorch model for the eager timings and a sentence saying which it is."""
     cfg = NetConfig(variant=str(f["variant"]), loss=str(f["loss"]), width=float(f["width"]))
@@ -114,7 +100,7 @@ def eager_model(f: dict[str, Any]) -> tuple[Colorizer, str]:
             return model, (f"PyTorch eager ran the training run's checkpoint "
                            f"`{ckpt.relative_to(ROOT)}` (epoch {ck['epoch']}).")
     torch.manual_seed(0)
-    n_bins = _n_bins(f, cfg)
+    n_bins = int(f["bins"])
     bins = Bins(np.zeros((n_bins, 2), np.float32), np.ones(n_bins, np.float32)) \
         if cfg.loss == "class" else None
     model = Colorizer(build_net(cfg, n_bins), cfg, bins, temperature).eval()

@@ -1,7 +1,7 @@
 """The activation study's report: tables and a loss plot from the runs' history.jsonl files.
 
     python -m exporters.colorize_study runs/colorize/FR-mse runs/colorize/SRS-mse \\
-        runs/colorize/S130-mse ... --doc docs/colorize-study.md
+        runs/colorize/S130-mse ... --table docs/colorize-study-tables.md
 
 Every run was trained by `python -m exporters.colorize train` with the same seed (same initial
 weights per architecture, same data order and crops), so epochs and seconds compare. Loss levels
@@ -34,15 +34,20 @@ class Run:
 
     @property
     def family(self) -> str:
-        """Runs whose losses compare: the CNN's mse, the CNN's class, FC's RGB MSE."""
-        return "FC" if self.config["variant"] == "FC" else str(self.config["loss"])
+        """Runs whose losses compare: the CNN's mse, the CNN's class, FC's RGB MSE; each on
+        all the training images or on a subset."""
+        family = "FC" if self.config["variant"] == "FC" else str(self.config["loss"])
+        limit = self.config.get("train_limit")
+        return f"{family}, {limit} images" if limit else family
 
     def first_epoch_at(self, level: float, key: str = "loss") -> dict[str, float] | None:
         """Return the first history row whose `key` is at or below level (None if never)."""
         return next((r for r in self.history if r[key] <= level), None)
 
     def last_eval(self) -> dict[str, float]:
-        return [r for r in self.history if "psnr" in r][-1]
+        """Return the last evaluated row's PSNR and colourfulness (NaN before the first)."""
+        rows = [r for r in self.history if "psnr" in r]
+        return rows[-1] if rows else {"psnr": float("nan"), "colourfulness": float("nan")}
 
 
 def load_run(folder: Path) -> Run:
@@ -74,15 +79,18 @@ def convergence_table(runs: Sequence[Run], reference: Run, epochs: Sequence[int]
 
 def summary_table(runs: Sequence[Run]) -> list[str]:
     """Return markdown rows: size, speed, final and best losses, PSNR and colourfulness."""
-    rows = ["| run | variant / loss | parameters | epochs | s/epoch | final train loss | "
-            "best val loss (epoch) | final val loss | color-val PSNR dB | colourfulness |",
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    rows = ["| run | variant / loss | images | parameters | epochs | s/epoch | final train loss "
+            "| best val loss (epoch) | final val loss | val - train | color-val PSNR dB | "
+            "colourfulness |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for run in runs:
         last, best = run.history[-1], min(run.history, key=lambda r: r["val_loss"])
         ev = run.last_eval()
-        rows.append(f"| {run.name} | {run.label} | {run.parameters:,} | {last['epoch']:.0f} | "
-                    f"{last['seconds'] / last['epoch']:.1f} | {last['loss']:.5f} | "
-                    f"{best['val_loss']:.5f} ({best['epoch']:.0f}) | {last['val_loss']:.5f} | "
+        images = run.config.get("train_limit") or "all"
+        rows.append(f"| {run.name} | {run.label} | {images} | {run.parameters:,} | "
+                    f"{last['epoch']:.0f} | {last['seconds'] / last['epoch']:.1f} | "
+                    f"{last['loss']:.5f} | {best['val_loss']:.5f} ({best['epoch']:.0f}) | "
+                    f"{last['val_loss']:.5f} | {last['val_loss'] - last['loss']:+.5f} | "
                     f"{ev['psnr']:.2f} | {ev['colourfulness']:.1f} |")
     return rows
 
@@ -111,8 +119,12 @@ def plot(runs: Sequence[Run], path: Path) -> None:
     families = list(dict.fromkeys(r.family for r in runs))
     titles = {"mse": "CNN, MSE on ab/110", "class": "CNN, rebalanced cross-entropy on ab bins",
               "FC": "fully connected SIREN, MSE on RGB"}
-    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
-    for ax, family in zip(axes[0], families, strict=True):
+    cols = min(3, len(families))
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(families):]:
+        ax.remove()
+    for ax, family in zip(axes.flat, families, strict=False):
         for i, run in enumerate(r for r in runs if r.family == family):
             epochs = [r["epoch"] for r in run.history]
             colour = f"C{i}"
@@ -120,7 +132,9 @@ def plot(runs: Sequence[Run], path: Path) -> None:
                     "train")
             ax.plot(epochs, [r["val_loss"] for r in run.history], color=colour, ls="--",
                     label=f"{run.name} val")
-        ax.set(title=titles.get(family, family), xlabel="epoch", ylabel="loss")
+        base, _, subset = family.partition(", ")
+        title = titles.get(base, base) + (f" ({subset})" if subset else "")
+        ax.set(title=title, xlabel="epoch", ylabel="loss (log scale)", yscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -128,23 +142,32 @@ def plot(runs: Sequence[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def convergence_sections(runs: Sequence[Run]) -> list[str]:
+    """Return a convergence table per loss family, each against its FR run."""
+    lines: list[str] = []
+    for family in dict.fromkeys(r.family for r in runs):
+        peers = [r for r in runs if r.family == family]
+        ref = next((r for r in peers if r.config["variant"] == "FR"), None)
+        if ref is None or len(peers) < 2:
+            continue
+        n = len(ref.history)
+        epochs = sorted(e for e in {2, 5, 10, n // 4, n // 2, n} if 0 < e <= n)
+        lines += [f"### {family}: epochs (seconds) to reach {ref.name}'s training loss", "",
+                  *convergence_table(peers, ref, epochs), ""]
+    return lines
+
+
 @click.command()
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, path_type=Path),
                 required=True)
-@click.option("--reference", default="FR-mse", help="Run whose loss levels the others reach.")
 @click.option("--table", type=click.Path(path_type=Path), default=Path(
     "docs/colorize-study-tables.md"), help="Markdown file the tables are written to.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               default=Path("docs/colorize-study.png"))
-def main(folders: tuple[Path, ...], reference: str, table: Path, plot_path: Path) -> None:
+def main(folders: tuple[Path, ...], table: Path, plot_path: Path) -> None:
     """Write the study's tables (markdown) and loss plot (PNG) from training runs."""
     runs = [load_run(f) for f in folders]
-    ref = next(r for r in runs if r.name == reference)
-    peers = [r for r in runs if r.family == ref.family]
-    n = len(ref.history)
-    lines = ["### Runs", "", *summary_table(runs), "",
-             f"### Epochs (seconds) to reach {ref.name}'s training loss", "",
-             *convergence_table(peers, ref, sorted({5, 10, n // 2, n})), "",
+    lines = ["### Runs", "", *summary_table(runs), "", *convergence_sections(runs),
              "### color-val PSNR dB / colourfulness by epoch", "", *quality_by_epoch(runs), ""]
     table.write_text("\n".join(lines))
     plot(runs, plot_path)

@@ -20,19 +20,22 @@ pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from exporters import colorize  # noqa: E402
+from exporters import colorize, colorize_nets  # noqa: E402
 from exporters.colorize import (  # noqa: E402
+    TrainConfig,
+    colourfulness,
+    loss_value,
+    psnr_rgb,
+    train,
+)
+from exporters.colorize_nets import (  # noqa: E402
     AB_SCALE,
     BIN_STEP,
     Bins,
     Colorizer,
     NetConfig,
-    TrainConfig,
+    annealed_mean,
     build_net,
-    colourfulness,
-    loss_value,
-    psnr_rgb,
-    train,
 )
 from exporters.onnx_export import ModelCard, export_model  # noqa: E402
 from imgproc.session import sha256_file  # noqa: E402
@@ -125,11 +128,11 @@ def test_decode_of_a_peaked_logit_is_that_bins_centre(bins: Bins, q: int) -> Non
     q = q % len(bins)
     logits = torch.zeros(1, len(bins), 3, 2)
     logits[:, q] = 5.0
-    ab = bins.decode(logits, temperature=0.01)
+    ab = annealed_mean(logits, bins.centres, 0.01)
     assert ab.shape == (1, 2, 3, 2)
     torch.testing.assert_close(ab, bins.centres[q][None, :, None, None].expand(1, 2, 3, 2))
     # Equal logits: every bin equally likely, the plain mean of the centres.
-    mean = bins.decode(torch.zeros(1, len(bins), 1, 1), temperature=1.0)[0, :, 0, 0]
+    mean = annealed_mean(torch.zeros(1, len(bins), 1, 1), bins.centres, 1.0)[0, :, 0, 0]
     torch.testing.assert_close(mean, bins.centres.mean(dim=0))
 
 
@@ -184,7 +187,7 @@ def test_colorizer_maps_lightness_to_ab_at_about_half_size(
         torch.testing.assert_close(ab, raw * AB_SCALE)
     else:
         assert raw.shape[1] == len(bins)
-        torch.testing.assert_close(ab, bins.decode(raw, 0.38))
+        torch.testing.assert_close(ab, annealed_mean(raw, bins.centres, 0.38))
         assert ab.abs().max() <= AB_SCALE
 
 
@@ -313,7 +316,7 @@ def test_the_fully_connected_siren_trains_an_epoch(tmp_path: Path) -> None:
     (row,) = _history(tmp_path / "run")
     assert row["epoch"] == 1 and set(row) == HISTORY_KEYS
     assert all(math.isfinite(row[key]) for key in HISTORY_KEYS)
-    assert isinstance(trainer.net, colorize.FCSiren)
+    assert isinstance(trainer.net, colorize_nets.FCSiren)
 
 
 # --- export ------------------------------------------------------------------------------------
