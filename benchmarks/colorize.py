@@ -2,7 +2,7 @@
 before/after contact sheet, and speed on 2 CPU threads for a 1-megapixel photo.
 
     python benchmarks/run.py colorize
-    IMGPROC_COLORIZE_LIMIT=5 python benchmarks/colorize.py   # quick look: first 5 val images
+    IMGPROC_COLORIZE_LIMIT=5 python benchmarks/colorize.py   # quick look: 5 val images
 
 Quality follows ../shared/data/README.md: the input is the ground truth's lightness as a grey
 image (`grey_of`), the output is compared on 8-bit RGB (PSNR) and scored with Hasler and

@@ -143,8 +143,11 @@ def to8(rgb: np.ndarray) -> np.ndarray:
 
 
 def load_val_rgb(folder: Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """Return (name, 8-bit RGB ground truth) for the validation images."""
-    paths = sorted(folder.glob("*.jpg"))[:limit]
+    """Return (name, 8-bit RGB ground truth) for the images in folder (with limit, that many
+    spread evenly over the sorted names)."""
+    paths = sorted(folder.glob("*.jpg"))
+    if limit is not None:
+        paths = paths[::max(1, len(paths) // limit)][:limit]
     return [(p.name, np.asarray(Image.open(p).convert("RGB"))) for p in paths]
 
 
@@ -395,15 +398,19 @@ def train_command(**kwargs: Any) -> None:
 @click.option("--temperature", type=float, multiple=True)
 @click.option("--strength", type=float, multiple=True)
 @click.option("--render-size", type=int)
+@click.option("--images", type=EXISTING, default=VAL_DIR,
+              help="Folder of colour JPEGs (default color-val).")
+@click.option("--limit", type=int, help="Only N images, spread over the sorted names.")
 @click.option("--threads", type=int, default=2)
 def evaluate_command(ckpt: Path, temperature: tuple[float, ...], strength: tuple[float, ...],
-                     render_size: int | None, threads: int) -> None:
-    """Print the protocol's PSNR and colourfulness on color-val (and the greyscale floor)."""
+                     render_size: int | None, images: Path, limit: int | None,
+                     threads: int) -> None:
+    """Print the protocol's PSNR and colourfulness on a folder (and the greyscale floor)."""
     torch.set_num_threads(threads)
-    val = load_val_rgb(VAL_DIR)
+    val = load_val_rgb(images, limit)
     floor = evaluate(val, lambda lt: np.zeros((*lt.shape, 2), np.float32), render_size=64)
-    click.echo(f"greyscale input: {floor['psnr']:.2f} dB, colourfulness "
-               f"{floor['colourfulness']:.1f}")
+    click.echo(f"{images.name} ({len(val)} images), greyscale input: {floor['psnr']:.2f} dB, "
+               f"colourfulness {floor['colourfulness']:.1f}")
     for t in temperature or (None,):
         model, ck = load_trained(ckpt, torch.device("cpu"), t)
         size = render_size or ck["config"]["size"] * 9 // 8
