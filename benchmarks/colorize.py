@@ -44,7 +44,7 @@ from exporters.colorize import (
 from exporters.colorize_nets import Bins, Colorizer, NetConfig, build_net
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
-from imgproc_plugins.colorize import MODEL, PROCESSOR
+from imgproc_plugins.colorize import CHROMA_GAIN, MODEL, PROCESSOR
 from imgproc_plugins.lab import colorize_lab, grey_of, lightness, working_size
 from imgproc_plugins.sizing import resize
 
@@ -248,7 +248,7 @@ def speed(rt: Runtime, model: Colorizer) -> tuple[list[str], float]:
     ort_e2e, eager_e2e, ort_net, eager_net = interleaved([
         lambda: end_to_end(default),
         lambda: best_time(lambda: colorize_lab(rgb, predict, render_size=default,
-                                               strength=1.0)),
+                                               strength=CHROMA_GAIN)),
         lambda: onnx_network(default),
         lambda: eager_network(default)])
     rows = ["| render_size | network input | ONNX Runtime, process() s | PyTorch eager, same "
@@ -267,7 +267,8 @@ def speed(rt: Runtime, model: Colorizer) -> tuple[list[str], float]:
 # ---------------------------------------------------------------------------------- section
 
 def _model_line(f: dict[str, Any]) -> str:
-    keys = ("variant", "loss", "width", "bins", "temperature", "render_size", "epochs", "run")
+    keys = ("variant", "loss", "width", "bins", "temperature", "render_size", "epochs", "run",
+            "chroma_gain")
     return ", ".join(f"{k} {f[k]}" for k in keys if f.get(k) not in (None, ""))
 
 

@@ -441,7 +441,8 @@ def describe_architecture(cfg: NetConfig, n_bins: int) -> str:
 
 
 def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
-                      temperature: float | None = None) -> Any:
+                      temperature: float | None = None, chroma_gain: float = 1.0,
+                      gain_note: str = "") -> Any:
     """Return the ExportResult of a checkpoint exported as <name>.onnx with its card, after
     measuring it on color-val with the protocol."""
     from exporters.onnx_export import ModelCard, export_model  # onnx only needed to export
@@ -454,7 +455,8 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
     render = config["size"] * 9 // 8
     val = load_val_rgb(VAL_DIR)
     floor = evaluate(val, lambda lt: np.zeros((*lt.shape, 2), np.float32), render_size=render)
-    got = evaluate(val, torch_predictor(model, torch.device("cpu")), render_size=render)
+    got = evaluate(val, torch_predictor(model, torch.device("cpu")), render_size=render,
+                   strength=chroma_gain)
     log.info("color-val: greyscale %s; model %s", floor, got)
 
     def lightness(h: int, w: int) -> dict[str, torch.Tensor]:
@@ -483,7 +485,8 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                "render_size": render, "temperature": model.temperature
                if cfg.loss == "class" else None, "bins": len(model.centres)
                if cfg.loss == "class" else 0, "epochs": ck["epoch"], "colour": "CIE Lab D65",
-               "run": ckpt.parent.name},
+               "run": ckpt.parent.name, "chroma_gain": chroma_gain,
+               "chroma_gain_chosen": gain_note or "not calibrated (1.0)"},
     )
     return export_model(model, card=card, example_inputs=lightness(72, 96),
                         output_names=["ab"],
@@ -498,12 +501,17 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
 @click.option("--ckpt", type=EXISTING, required=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("plugins/models"))
 @click.option("--temperature", type=float, help="Annealed-mean T (default: the run's).")
+@click.option("--chroma-gain", type=float, default=1.0,
+              help="Calibrated chroma scale the plugin applies at strength 1.")
+@click.option("--gain-note", default="", help="How the chroma gain was chosen (for the card).")
 @click.option("--threads", type=int, default=2)
-def export_command(ckpt: Path, out: Path, temperature: float | None, threads: int) -> None:
+def export_command(ckpt: Path, out: Path, temperature: float | None, chroma_gain: float,
+                   gain_note: str, threads: int) -> None:
     """Measure a checkpoint on color-val and export it as colorize.onnx with its card."""
     torch.set_num_threads(threads)
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
-    result = export_checkpoint(ckpt, out_dir=out, temperature=temperature)
+    result = export_checkpoint(ckpt, out_dir=out, temperature=temperature,
+                               chroma_gain=chroma_gain, gain_note=gain_note)
     click.echo(f"{result.onnx_path}: {result.parameters:,} parameters, parity max abs error "
                f"{result.max_abs_error:.2e}")
 

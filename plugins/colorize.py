@@ -9,8 +9,9 @@ sees that lightness at a working resolution (`render_size` pixels on the short s
 DeOldify's render_factor) and predicts chroma (Lab a, b); the chroma is resized to the full size
 and put back on the full-resolution lightness, so a 24-megapixel scan keeps every grain.
 `strength` scales the chroma: 0 returns the input's lightness as a grey image, 1 the model's
-colours, above 1 more saturated. The model (`models/colorize.onnx`), its variant, training data
-and measured figures are in its model card.
+colours (the network's chroma times the calibrated `chroma_gain` of its facts: MSE training
+predicts washed-out chroma), above 1 more saturated. The model (`models/colorize.onnx`), its
+variant, training data and measured figures are in its model card.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from imgproc_plugins.lab import PredictAb, colorize_lab
 
 MODELS = Path(__file__).parent / "models"
 MODEL = ModelFile.from_facts(MODELS / "colorize.json")
+# The model's calibrated chroma scale (its card says how it was chosen): strength 1 is
+# the network's ab times this gain.
+CHROMA_GAIN = float(MODEL.facts.get("chroma_gain", 1.0))
 
 def onnx_predictor(session: Any) -> PredictAb:
     """Return predict_ab running the shipped model through its session."""
@@ -40,7 +44,7 @@ def colorize(images: list[np.ndarray], *, options: dict[str, Any], context: Any)
     """Return the image in colour (same size)."""
     predict = onnx_predictor(context.session(MODEL.name))
     return colorize_lab(images[0], predict, render_size=options["render_size"],
-                        strength=options["strength"])
+                        strength=options["strength"] * CHROMA_GAIN)
 
 
 PROCESSOR = Processor(

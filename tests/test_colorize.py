@@ -26,7 +26,7 @@ from imgproc.cli import cli  # noqa: E402
 from imgproc.config import RuntimeSettings  # noqa: E402
 from imgproc.runtime import Runtime  # noqa: E402
 from imgproc.session import sha256_file  # noqa: E402
-from imgproc_plugins.colorize import MODEL, MODELS, PROCESSOR  # noqa: E402
+from imgproc_plugins.colorize import CHROMA_GAIN, MODEL, MODELS, PROCESSOR  # noqa: E402
 from imgproc_plugins.lab import (  # noqa: E402
     colorize_lab,
     grey_of,
@@ -249,6 +249,21 @@ def test_strength_0_returns_the_input_lightness_as_grey(process: Callable[..., n
     lab = rgb_to_lab(process(rgb, strength=0))
     np.testing.assert_allclose(lab[..., 0], lightness(rgb), rtol=0, atol=GREY_LAB_ATOL)
     np.testing.assert_allclose(lab[..., 1:], 0.0, rtol=0, atol=GREY_LAB_ATOL)
+
+
+def test_strength_1_is_the_network_chroma_times_the_cards_gain(
+        process: Callable[..., np.ndarray], session: ort.InferenceSession) -> None:
+    rgb = _astronaut()
+
+    def predict(small: np.ndarray) -> np.ndarray:
+        return session.run(None, {"lightness": small[None, None].astype(np.float32)})[0][0] \
+            .transpose(1, 2, 0)
+
+    render = PROCESSOR.resolve_options({})["render_size"]
+    want = colorize_lab(rgb, predict, render_size=render, strength=CHROMA_GAIN)
+    np.testing.assert_allclose(process(rgb, strength=1.0), want, rtol=0, atol=1e-4)
+    facts = json.loads((MODELS / "colorize.json").read_text())["facts"]
+    assert facts.get("chroma_gain", 1.0) == CHROMA_GAIN
 
 
 @pytest.mark.parametrize("image", [_astronaut, _grey], ids=["astronaut", "grey"])
