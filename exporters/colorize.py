@@ -423,17 +423,21 @@ def evaluate_command(ckpt: Path, temperature: tuple[float, ...], strength: tuple
 
 def describe_architecture(cfg: NetConfig, n_bins: int) -> str:
     """Return the model card's architecture paragraph."""
-    acts = {"FR": "ReLU everywhere", "SRS": "sine on the first and last layers, ReLU between",
+    acts = {"FR": "ReLU everywhere, tanh output",
+            "SRS": "sine on the first and last layers, ReLU between",
             "S130": "sine on every layer"}[cfg.variant]
+    if cfg.variant != "FR":
+        acts += (f"; first sine layer U(-1, 1) weights on the input x w0 = {cfg.first_w0:.4g}"
+                 if cfg.first_w0 < 1 else f"; SIREN's first layer, w0 = {cfg.first_w0:g}")
+        acts += ", other sine layers he_uniform"
     head = (f"1x1 convolution to logits over {n_bins} ab bins (grid {BIN_STEP:g}), decoded "
             f"inside the graph by the annealed mean (softmax(logits / T) . bin centres)"
-            if cfg.loss == "class" else "3x3 convolution to ab / 110 through tanh or sine")
-    return (f"Variant {cfg.variant} ({acts}; first sine layer U(-1, 1) weights on input x "
-            f"w0 = {cfg.first_w0:.4g}, other sine layers he_uniform). Encoder of strided 3x3 "
-            f"convolutions {[max(8, round(c * cfg.width)) for c, _ in ENCODER]} (the notes' "
-            f"Keras colorizer at width {cfg.width:g}); a global-context branch learned from "
-            f"scratch (global average pool, two dense layers, broadcast and fused by a 1x1 "
-            f"convolution) in place of the pretrained classifier; decoder "
+            if cfg.loss == "class" else "3x3 convolution to ab / 110")
+    return (f"Variant {cfg.variant} ({acts}). Encoder of strided 3x3 convolutions "
+            f"{[max(8, round(c * cfg.width)) for c, _ in ENCODER]} (the notes' Keras colorizer "
+            f"at width {cfg.width:g}); a global-context branch learned from scratch (global "
+            f"average pool, two dense layers, broadcast and fused by a 1x1 convolution) in "
+            f"place of the pretrained classifier; decoder "
             f"{[c if c == 'up' else max(4, round(c * cfg.width)) for c in DECODER]} with "
             f"nearest 2x upsampling; head: {head}. Input `lightness` N x 1 x H x W (Lab L, "
             f"0-100); output `ab` N x 2 x ceil(H/8)*4 x ceil(W/8)*4 in Lab units, resized by "
@@ -442,7 +446,7 @@ def describe_architecture(cfg: NetConfig, n_bins: int) -> str:
 
 def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                       temperature: float | None = None, chroma_gain: float = 1.0,
-                      gain_note: str = "") -> Any:
+                      gain_note: str = "", note: str = "") -> Any:
     """Return the ExportResult of a checkpoint exported as <name>.onnx with its card, after
     measuring it on color-val with the protocol."""
     from exporters.onnx_export import ModelCard, export_model  # onnx only needed to export
@@ -474,9 +478,11 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                         f"{config['size']} px random crops of images resized to a "
                         f"{render} px short side, horizontal flips), Adam {config['lr']:g} "
                         f"cosine, loss {cfg.loss}, seed {config['seed']}; "
-                        f"{ck['seconds'] / 60:.0f} min on 1 CPU thread"),
-        metrics={"protocol": "../shared/data/README.md: L of the ground truth as grey input; "
-                             "8-bit RGB PSNR; Hasler-Suesstrunk colourfulness",
+                        f"{ck['seconds'] / 60:.0f} min on 1 CPU thread"
+                        + (f". {note}" if note else "")),
+        metrics={"protocol": f"../shared/data/README.md: L of the ground truth as grey input; "
+                             f"8-bit RGB PSNR; Hasler-Suesstrunk colourfulness; model at "
+                             f"strength 1 (chroma gain {chroma_gain:g}), render size {render}",
                  "color-val PSNR dB (model)": round(got["psnr"], 2),
                  "color-val colourfulness (model)": round(got["colourfulness"], 1),
                  "color-val PSNR dB (greyscale input)": round(floor["psnr"], 2),
@@ -504,14 +510,15 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
 @click.option("--chroma-gain", type=float, default=1.0,
               help="Calibrated chroma scale the plugin applies at strength 1.")
 @click.option("--gain-note", default="", help="How the chroma gain was chosen (for the card).")
+@click.option("--note", default="", help="Appended to the card's training paragraph.")
 @click.option("--threads", type=int, default=2)
 def export_command(ckpt: Path, out: Path, temperature: float | None, chroma_gain: float,
-                   gain_note: str, threads: int) -> None:
+                   gain_note: str, note: str, threads: int) -> None:
     """Measure a checkpoint on color-val and export it as colorize.onnx with its card."""
     torch.set_num_threads(threads)
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
     result = export_checkpoint(ckpt, out_dir=out, temperature=temperature,
-                               chroma_gain=chroma_gain, gain_note=gain_note)
+                               chroma_gain=chroma_gain, gain_note=gain_note, note=note)
     click.echo(f"{result.onnx_path}: {result.parameters:,} parameters, parity max abs error "
                f"{result.max_abs_error:.2e}")
 

@@ -1,7 +1,7 @@
 """The activation study's report: tables and a loss plot from the runs' history.jsonl files.
 
     python -m exporters.colorize_study runs/colorize/FR-mse runs/colorize/SRS-mse \\
-        runs/colorize/S130-mse ... --table docs/colorize-study-tables.md
+        runs/colorize/S130-mse ... --doc docs/colorize-study.md
 
 Every run was trained by `python -m exporters.colorize train` with the same seed (same initial
 weights per architecture, same data order and crops), so epochs and seconds compare. Loss levels
@@ -132,6 +132,11 @@ def plot(runs: Sequence[Run], path: Path) -> None:
                     "train")
             ax.plot(epochs, [r["val_loss"] for r in run.history], color=colour, ls="--",
                     label=f"{run.name} val")
+        # Epoch 1 of a sine-output run starts far above the rest: scale to the others.
+        later = [r[k] for run in runs if run.family == family for r in run.history[1:]
+                 for k in ("loss", "val_loss")]
+        if later:
+            ax.set_ylim(min(later) * 0.97, max(later) * 1.03)
         base, _, subset = family.partition(", ")
         title = titles.get(base, base) + (f" ({subset})" if subset else "")
         ax.set(title=title, xlabel="epoch", ylabel="loss (log scale)", yscale="log")
@@ -157,22 +162,36 @@ def convergence_sections(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+START, END = "<!-- study-tables:start -->", "<!-- study-tables:end -->"
+
+
+def write_tables(doc: Path, lines: Sequence[str]) -> None:
+    """Replace the tables between the markers in doc (append them when there are none)."""
+    block = f"{START}\n" + "\n".join(lines) + f"\n{END}"
+    text = doc.read_text() if doc.exists() else ""
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = f"{text.rstrip()}\n\n{block}\n"
+    doc.write_text(text)
+
+
 @click.command()
 @click.argument("folders", nargs=-1, type=click.Path(exists=True, path_type=Path),
                 required=True)
-@click.option("--table", type=click.Path(path_type=Path), default=Path(
-    "docs/colorize-study-tables.md"), help="Markdown file the tables are written to.")
+@click.option("--doc", type=click.Path(path_type=Path), default=Path("docs/colorize-study.md"),
+              help="Markdown file whose generated tables are replaced.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               default=Path("docs/colorize-study.png"))
-def main(folders: tuple[Path, ...], table: Path, plot_path: Path) -> None:
-    """Write the study's tables (markdown) and loss plot (PNG) from training runs."""
+def main(folders: tuple[Path, ...], doc: Path, plot_path: Path) -> None:
+    """Write the study's tables (into --doc) and loss plot (PNG) from training runs."""
     runs = [load_run(f) for f in folders]
     lines = ["### Runs", "", *summary_table(runs), "", *convergence_sections(runs),
-             "### color-val PSNR dB / colourfulness by epoch", "", *quality_by_epoch(runs), ""]
-    table.write_text("\n".join(lines))
+             "### color-val PSNR dB / colourfulness by epoch", "", *quality_by_epoch(runs)]
+    write_tables(doc, lines)
     plot(runs, plot_path)
     click.echo("\n".join(lines))
-    click.echo(json.dumps({"plot": str(plot_path), "tables": str(table)}))
+    click.echo(json.dumps({"plot": str(plot_path), "doc": str(doc)}))
 
 
 if __name__ == "__main__":
