@@ -30,6 +30,7 @@ MODEL = ModelFile.from_facts(MODELS / "colorize.json")
 # the network's ab times this gain.
 CHROMA_GAIN = float(MODEL.facts.get("chroma_gain", 1.0))
 
+
 def onnx_predictor(session: Any) -> PredictAb:
     """Return predict_ab running the shipped model through its session."""
 
@@ -53,7 +54,8 @@ PROCESSOR = Processor(
     process=colorize,
     options=(
         Option("render_size", int, int(MODEL.facts["render_size"]),
-               "working resolution: the network's short side in pixels", min=16, max=1024),
+               "working resolution: the network's short side in pixels (default: the size it "
+               "was trained at)", min=16, max=1024),
         Option("strength", float, 1.0,
                "chroma scale: 0 the grey input, 1 the model's colours, >1 more saturated",
                min=0.0, max=4.0),
@@ -68,4 +70,4 @@ def imgproc_processors() -> list[Processor]:
     return [PROCESSOR]
 
 
-__all__ = ["PROCESSOR", "onnx_predictor"]
+__all__ = ["CHROMA_GAIN", "MODEL", "PROCESSOR", "onnx_predictor"]
