@@ -449,7 +449,7 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                       gain_note: str = "", note: str = "") -> Any:
     """Return the ExportResult of a checkpoint exported as <name>.onnx with its card, after
     measuring it on color-val with the protocol."""
-    from exporters.onnx_export import ModelCard, export_model  # onnx only needed to export
+    from exporters.onnx_export import ModelCard  # onnx only needed to export
 
     model, ck = load_trained(ckpt, torch.device("cpu"), temperature)
     cfg, config = model.cfg, ck["config"]
@@ -462,10 +462,6 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
     got = evaluate(val, torch_predictor(model, torch.device("cpu")), render_size=render,
                    strength=chroma_gain)
     log.info("color-val: greyscale %s; model %s", floor, got)
-
-    def lightness(h: int, w: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(h * w)
-        return {"lightness": 100 * torch.rand(1, 1, h, w, generator=g)}
 
     steps = ck["scheduler"]["last_epoch"]  # one scheduler step per optimiser step
     card = ModelCard(
@@ -494,6 +490,18 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
                "run": ckpt.parent.name, "chroma_gain": chroma_gain,
                "chroma_gain_chosen": gain_note or "not calibrated (1.0)"},
     )
+    return export_colorizer(model, card=card, out_dir=out_dir)
+
+
+def export_colorizer(model: Colorizer, *, card: Any, out_dir: Path) -> Any:
+    """Return the ExportResult of model written as <card.name>.onnx: input `lightness` and
+    output `ab` with dynamic height and width, parity checked down to 1 x 1 and at odd sizes."""
+    from exporters.onnx_export import export_model  # onnx only needed to export
+
+    def lightness(h: int, w: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(h * w)
+        return {"lightness": 100 * torch.rand(1, 1, h, w, generator=g)}
+
     return export_model(model, card=card, example_inputs=lightness(72, 96),
                         output_names=["ab"],
                         dynamic_axes={"lightness": {2: "height", 3: "width"},

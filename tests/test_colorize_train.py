@@ -37,7 +37,7 @@ from exporters.colorize_nets import (  # noqa: E402
     annealed_mean,
     build_net,
 )
-from exporters.onnx_export import ModelCard, export_model  # noqa: E402
+from exporters.onnx_export import ModelCard  # noqa: E402
 from imgproc.session import sha256_file  # noqa: E402
 
 WIDTH = 0.125  # the smallest sensible network: 8-32 channels
@@ -325,6 +325,18 @@ def test_the_fully_connected_siren_trains_an_epoch(tmp_path: Path) -> None:
 PARITY_CONFIGS = [("SRS", "class"), ("S130", "mse")]
 
 
+def _assert_matches_on_a_new_size(onnx_path: Path, model: torch.nn.Module) -> None:
+    """The exported file reproduces the model on 37 x 23, a size export did not check."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    new = _lightness(37, 23, seed=99)["lightness"]
+    (got,) = session.run(["ab"], {"lightness": new.numpy()})
+    with torch.no_grad():
+        want = model(new).numpy()
+    assert got.shape == want.shape == (1, 2, 20, 12)
+    # ab is in Lab units (up to 110): 1e-4 absolute plus the export's 1e-3 relative.
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.export
 @pytest.mark.parametrize(("variant", "loss"), PARITY_CONFIGS,
                          ids=[f"{v}-{loss}" for v, loss in PARITY_CONFIGS])
@@ -336,28 +348,14 @@ def test_export_parity_at_odd_sizes(tmp_path: Path, bins: Bins, variant: str,
                       temperature=0.38).eval()
     card = ModelCard(name="colorize", summary="test", architecture="tiny", training_data="none",
                      training_steps="0", metrics={}, facts={"variant": variant, "loss": loss})
-    # As export_checkpoint does: export_model raises ParityError beyond atol 1e-4 / rtol 1e-3.
-    result = export_model(model, card=card, example_inputs=_lightness(72, 96),
-                          output_names=["ab"],
-                          dynamic_axes={"lightness": {2: "height", 3: "width"},
-                                        "ab": {2: "out_height", 3: "out_width"}},
-                          out_dir=tmp_path,
-                          parity_inputs=[_lightness(h, w, h * w)
-                                         for h, w in ((1, 1), (7, 5), (65, 47))],
-                          size_oblivious=True)
+    # export_checkpoint's own path: export_model raises ParityError beyond atol 1e-4 / rtol 1e-3.
+    result = colorize.export_colorizer(model, card=card, out_dir=tmp_path)
     facts = json.loads(result.facts_path.read_text())
     assert facts["parity"]["checked_shapes"] == [[1, 1, 72, 96], [1, 1, 1, 1], [1, 1, 7, 5],
                                                  [1, 1, 65, 47]]
     assert facts["inputs"][0]["shape"] == [1, 1, "height", "width"]
     assert facts["sha256"] == sha256_file(result.onnx_path)
-    session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    new = _lightness(37, 23, seed=99)["lightness"]
-    (got,) = session.run(["ab"], {"lightness": new.numpy()})
-    with torch.no_grad():
-        want = model(new).numpy()
-    assert got.shape == want.shape == (1, 2, 20, 12)
-    # ab is in Lab units (up to 110): 1e-4 absolute plus the export's 1e-3 relative.
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    _assert_matches_on_a_new_size(result.onnx_path, model)
 
 
 @pytest.mark.export
@@ -382,10 +380,4 @@ def test_export_checkpoint_writes_model_sidecar_and_card(
     assert "ceil(H/8)*4 x ceil(W/8)*4" in card  # the output size the graph really has
     # The exported file reproduces the checkpoint on a size it was not checked on.
     model, _ = colorize.load_trained(tmp_path / "run" / "last.pt", torch.device("cpu"))
-    session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    new = _lightness(37, 23, seed=99)["lightness"]
-    (got,) = session.run(["ab"], {"lightness": new.numpy()})
-    with torch.no_grad():
-        want = model(new).numpy()
-    assert got.shape == want.shape == (1, 2, 20, 12)
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    _assert_matches_on_a_new_size(result.onnx_path, model)
