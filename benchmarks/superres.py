@@ -1,8 +1,10 @@
 """superres: speed per output megapixel (ONNX Runtime vs PyTorch eager vs Pillow bicubic) on 2
-CPU threads, and quality (PSNR-Y/SSIM-Y vs bicubic) of the shipped models on a folder of HR images.
+CPU threads, quality (PSNR-Y/SSIM-Y vs bicubic) of the shipped models on a folder of HR images,
+and a 4000x3000 photo upscaled x4 through the CLI (wall time and peak memory).
 
     python benchmarks/run.py superres
     IMGPROC_SR_HR=/path/to/Set5 python benchmarks/run.py superres
+    IMGPROC_SR_BIG=0 python benchmarks/run.py superres   # skip the 4000x3000 run (minutes)
 
 Quality follows ../shared/data/README.md: HR cropped to a multiple of the scale, LR by Pillow
 bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own functions).
@@ -11,6 +13,10 @@ bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from PIL import Image
+from skimage import data as skimage_data
 from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
 from exporters.superres import (
@@ -31,55 +38,63 @@ from exporters.superres import (
     single_scale,
     ssim_y,
 )
-from imgproc_plugins.superres import MODEL_SCALES, MODELS, model_name
+from imgproc_plugins.superres import MODEL_SCALES, MODEL_SIZES, MODELS, model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 HR_DIR = Path(os.environ.get("IMGPROC_SR_HR", ROOT.parent / "shared" / "data" / "sr-val"
                              / "McMaster18"))
-CHECKPOINT = ROOT / "runs" / "superres-best" / "best.pt"
+RUNS = ROOT / "runs"
 THREADS = 2
 SPEED_INPUT = 256  # LR side of the speed test image
+BIG = (4000, 3000)  # width, height of the photo upscaled x4 through the CLI
+RUN_BIG = os.environ.get("IMGPROC_SR_BIG", "1") != "0"
 
 
-def session(scale: int) -> ort.InferenceSession:
-    """Return a CPU ONNX Runtime session of the shipped x`scale` model on THREADS threads."""
+def session(scale: int, size: str) -> ort.InferenceSession:
+    """Return a CPU ONNX Runtime session of a shipped model on THREADS threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(MODELS / f"{model_name(scale)}.onnx"), options,
+    return ort.InferenceSession(str(MODELS / f"{model_name(scale, size)}.onnx"), options,
                                 providers=["CPUExecutionProvider"])
 
 
-def eager_model(scale: int) -> torch.nn.Module:
-    """Return the x`scale` PyTorch module: the checkpoint when present, else a fresh net of the
-    same architecture (the same speed: the weights do not change the work)."""
-    net = load_trained(CHECKPOINT, torch.device("cpu")) if CHECKPOINT.exists() \
-        else build_model("best")
+def eager_model(scale: int, size: str) -> torch.nn.Module:
+    """Return the x`scale` PyTorch module: the run's checkpoint when present, else a fresh net
+    of the same architecture (the same speed: the weights do not change the work)."""
+    checkpoint = RUNS / f"superres-{size}" / "best.pt"
+    net = load_trained(checkpoint, torch.device("cpu")) if checkpoint.exists() \
+        else build_model(size)
     return single_scale(net, scale)
 
 
 def speed_rows() -> list[str]:
-    """Return markdown rows: seconds per output megapixel for each scale and runtime."""
+    """Return markdown rows: seconds per output megapixel for each model, scale and runtime."""
     torch.set_num_threads(THREADS)
     x = np.random.default_rng(0).random((1, 3, SPEED_INPUT, SPEED_INPUT), dtype=np.float32)
     lr = Image.fromarray((x[0].transpose(1, 2, 0) * 255).astype(np.uint8))
-    rows = ["| scale | output | ONNX Runtime s/MP | PyTorch eager s/MP | Pillow bicubic s/MP |",
-            "| --- | --- | ---: | ---: | ---: |"]
-    for scale in MODEL_SCALES:
-        side = SPEED_INPUT * scale
-        mp = side * side / 1e6
-        sess, module, xt = session(scale), eager_model(scale), torch.from_numpy(x)
-
-        def by_torch(module: torch.nn.Module = module, xt: torch.Tensor = xt) -> object:
-            with torch.inference_mode():
-                return module(xt)
-
-        timings = (best_time(lambda sess=sess: sess.run(None, {"image": x})),
-                   best_time(by_torch),
-                   best_time(lambda side=side: lr.resize((side, side), Image.BICUBIC)))
-        rows.append(f"| x{scale} | {side}x{side} | "
-                    + " | ".join(f"{t / mp:.3f}" for t in timings) + " |")
+    rows = ["| model | scale | output | ONNX Runtime s/MP | PyTorch eager s/MP | "
+            "Pillow bicubic s/MP |",
+            "| --- | --- | --- | ---: | ---: | ---: |"]
+    for size in MODEL_SIZES:
+        rows += [speed_row(size, scale, x, lr) for scale in MODEL_SCALES]
     return rows
+
+
+def speed_row(size: str, scale: int, x: np.ndarray, lr: Image.Image) -> str:
+    """Return the speed row of one model at one scale."""
+    side = SPEED_INPUT * scale
+    mp = side * side / 1e6
+    sess, module, xt = session(scale, size), eager_model(scale, size), torch.from_numpy(x)
+
+    def by_torch() -> object:
+        with torch.inference_mode():
+            return module(xt)
+
+    timings = (best_time(lambda: sess.run(None, {"image": x})), best_time(by_torch),
+               best_time(lambda: lr.resize((side, side), Image.Resampling.BICUBIC)))
+    return (f"| {size} | x{scale} | {side}x{side} | "
+            + " | ".join(f"{t / mp:.3f}" for t in timings) + " |")
 
 
 def onnx_upscale(sess: ort.InferenceSession) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -94,23 +109,57 @@ def onnx_upscale(sess: ort.InferenceSession) -> Callable[[np.ndarray, int], np.n
 
 
 def quality_rows(hr_dir: Path) -> list[str]:
-    """Return markdown rows: mean PSNR-Y/SSIM-Y of bicubic and the shipped model per scale."""
+    """Return markdown rows: mean PSNR-Y/SSIM-Y of bicubic and each shipped model per scale."""
     hrs = [load_rgb(p) for p in list_images([hr_dir])]
     if not hrs:
         return [f"_No images in {hr_dir}: quality table skipped._"]
-    rows = ["| scale | bicubic PSNR-Y / SSIM-Y | superres-best PSNR-Y / SSIM-Y | gain (dB) |",
-            "| --- | ---: | ---: | ---: |"]
+    rows = ["| scale | bicubic PSNR-Y / SSIM-Y | "
+            + " | ".join(f"superres-{size} PSNR-Y / SSIM-Y (gain dB)" for size in MODEL_SIZES)
+            + " |", "| --- | ---: |" + " ---: |" * len(MODEL_SIZES)]
     for scale in MODEL_SCALES:
-        model = onnx_upscale(session(scale))
-        scores: dict[str, list[tuple[float, float]]] = {"bicubic": [], "model": []}
+        upscalers = {"bicubic": bicubic_upscale,
+                     **{size: onnx_upscale(session(scale, size)) for size in MODEL_SIZES}}
+        scores: dict[str, list[tuple[float, float]]] = {key: [] for key in upscalers}
         for hr_full in hrs:
-            lr_pil = make_lr(Image.fromarray(hr_full), scale)
-            lr = np.asarray(lr_pil)
+            lr = np.asarray(make_lr(Image.fromarray(hr_full), scale))
             hr = hr_full[: lr.shape[0] * scale, : lr.shape[1] * scale]
-            for key, sr in (("bicubic", bicubic_upscale(lr, scale)), ("model", model(lr, scale))):
+            for key, upscale in upscalers.items():
+                sr = upscale(lr, scale)
                 scores[key].append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
-        (bp, bs), (mp, ms) = (np.mean(scores[k], axis=0) for k in ("bicubic", "model"))
-        rows.append(f"| x{scale} | {bp:.2f} / {bs:.4f} | {mp:.2f} / {ms:.4f} | {mp - bp:+.2f} |")
+        means = {key: np.mean(value, axis=0) for key, value in scores.items()}
+        bp, bs = means["bicubic"]
+        rows.append(f"| x{scale} | {bp:.2f} / {bs:.4f} | " + " | ".join(
+            f"{means[size][0]:.2f} / {means[size][1]:.4f} ({means[size][0] - bp:+.2f})"
+            for size in MODEL_SIZES) + " |")
+    return rows
+
+
+def big_image_rows() -> list[str]:
+    """Return markdown rows: wall time and peak resident memory of `imgproc run` upscaling one
+    4000x3000 JPEG x4 (to 16000x12000), each model in its own process."""
+    rows = ["| model | output | wall s | peak memory (max RSS) |", "| --- | --- | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = Path(tmp) / "in" / "photo.jpg"
+        photo.parent.mkdir()
+        astronaut = Image.fromarray(skimage_data.astronaut())
+        astronaut.resize(BIG, Image.Resampling.BICUBIC).save(photo, quality=92)
+        for size in MODEL_SIZES:
+            out = Path(tmp) / f"out-{size}"
+            command = [sys.executable, "-c", "from imgproc.cli import cli; cli()", "run",
+                       "-p", "superres", "-O", "scale=4", "-O", f"model={size}",
+                       str(photo), "-o", str(out)]
+            log = Path(tmp) / f"{size}.log"
+            with open(log, "wb") as stderr:
+                start = time.perf_counter()
+                proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+                _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+                seconds = time.perf_counter() - start
+            if status != 0:
+                raise RuntimeError(f"imgproc run failed: {log.read_text()[-2000:]}")
+            with Image.open(out / "photo.jpg") as result:
+                shape = f"{result.width}x{result.height}"
+            rows.append(f"| {size} | {shape} | {seconds:.0f} | "
+                        f"{usage.ru_maxrss * 1024 / 2**30:.2f} GiB |")
     return rows
 
 
@@ -131,6 +180,10 @@ def run() -> str:
         "",
         *quality_rows(HR_DIR),
         "",
+        *(["A 4000x3000 photo (skimage's astronaut resized, JPEG) upscaled x4 to 16000x12000 "
+           "with `imgproc run -p superres -O scale=4` in a fresh process (host defaults: tiles "
+           "of 512 px, JPEG output); peak memory is the process's max RSS:", "",
+           *big_image_rows(), ""] if RUN_BIG else []),
     ])
 
 

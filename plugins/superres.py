@@ -3,15 +3,15 @@
     imgproc run --plugin superres --option scale=4 photos/ -o big/
     imgproc run -p superres -O scale=2.5 photos/ -o big/
     imgproc run -p superres -O width=1920 photos/ -o big/
+    imgproc run -p superres -O model=fast photos/ -o big/
 
-The models are `models/superres-best-x{2,3,4}.onnx`, exported from the `best` preset of
-`exporters.superres` (training data, steps and McMaster18 figures are in their model cards).
-A factor that is not 2, 3 or 4 runs the nearest model scale at or above it (x4 above 4) and then
-resizes to the exact size with Lanczos, as Real-ESRGAN's `--outscale` does. A factor of 1 or
-less runs no model (only the resize).
-
-There is no `model=fast` option: the trainer's `fast` preset has no trained weights, so only the
-`best` models ship. The host tiles large inputs (`context.tiled`) and upscales alpha alongside.
+Two model sizes ship, each as `models/superres-<model>-x{2,3,4}.onnx` exported from the preset of
+that name in `exporters.superres` (training data, steps and McMaster18 figures are in their model
+cards): `best` (the default, a 10-block residual net) and `fast` (3 blocks, about a tenth of the
+work). A factor that is not 2, 3 or 4 runs the nearest model scale at or above it (x4 above 4)
+and then resizes to the exact size with Lanczos, as Real-ESRGAN's `--outscale` does. A factor of
+1 or less runs no model (only the resize). The host tiles large inputs (`context.tiled`) and
+upscales alpha alongside.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgproc import ModelFile, Processor, hookimpl
+from imgproc import ModelFile, Option, Processor, hookimpl
 from imgproc_plugins.sizing import output_size, resize, size_options
 
 MODELS = Path(__file__).parent / "models"
-PRESET = "best"
+MODEL_SIZES = ("best", "fast")
 MODEL_SCALES = (2, 3, 4)
 
 
-def model_name(scale: int) -> str:
-    """Return the name of the shipped model for an integer scale."""
-    return f"superres-{PRESET}-x{scale}"
+def model_name(scale: int, size: str = "best") -> str:
+    """Return the name of the shipped model of a size ("best" or "fast") for an integer scale."""
+    return f"superres-{size}-x{scale}"
 
 
 def model_scale(factor: float) -> int | None:
@@ -61,7 +61,7 @@ def superres(images: list[np.ndarray], *, options: dict[str, Any], context: Any)
     # The larger per-axis factor decides: width= and height= together may stretch one axis.
     scale = model_scale(max(out_h / height, out_w / width))
     if scale is not None:
-        run = upscale_fn(context.session(model_name(scale)))
+        run = upscale_fn(context.session(model_name(scale, options["model"])))
         image = context.tiled(run, image, scale=scale)
     return np.clip(resize(image, out_h, out_w, resample=Image.Resampling.LANCZOS), 0.0, 1.0)
 
@@ -72,8 +72,11 @@ PROCESSOR = Processor(
     process=superres,
     options=(
         *size_options(4.0, min_scale=1.0, max_scale=16.0),
+        Option("model", str, "best", "best: the 10-block net (quality); fast: the 3-block net, "
+               "about 10x faster", choices=MODEL_SIZES),
     ),
-    models=tuple(ModelFile.from_facts(MODELS / f"{model_name(s)}.json") for s in MODEL_SCALES),
+    models=tuple(ModelFile.from_facts(MODELS / f"{model_name(scale, size)}.json")
+                 for size in MODEL_SIZES for scale in MODEL_SCALES),
 )
 
 
@@ -83,4 +86,4 @@ def imgproc_processors() -> list[Processor]:
     return [PROCESSOR]
 
 
-__all__ = ["MODEL_SCALES", "PROCESSOR", "model_name", "model_scale"]
+__all__ = ["MODEL_SCALES", "MODEL_SIZES", "PROCESSOR", "model_name", "model_scale"]

@@ -13,13 +13,14 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
-from exporters.superres import build_model, make_lr, psnr_y
+from exporters.superres import build_model, last_conv, make_lr, psnr_y
 from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc.session import sha256_file
 from imgproc_plugins.superres import (
     MODEL_SCALES,
+    MODEL_SIZES,
     MODELS,
     PROCESSOR,
     model_name,
@@ -77,8 +78,9 @@ def test_the_output_has_the_requested_size(options: dict, expected: tuple[int, i
 @pytest.mark.parametrize("size", [(1, 1), (3, 7), (13, 5), (31, 17)],
                          ids=["1x1", "3x7", "13x5", "31x17"])
 @pytest.mark.parametrize("scale", [2, 3, 4, 2.5])
-def test_odd_and_non_multiple_sizes(size: tuple[int, int], scale: float) -> None:
-    out = process(_random(*size, seed=size[0]), scale=scale)
+@pytest.mark.parametrize("model", MODEL_SIZES)
+def test_odd_and_non_multiple_sizes(size: tuple[int, int], scale: float, model: str) -> None:
+    out = process(_random(*size, seed=size[0]), scale=scale, model=model)
     assert out.shape == (round(size[0] * scale), round(size[1] * scale), 3)
     assert np.isfinite(out).all()
 
@@ -95,14 +97,32 @@ def test_scale_1_returns_the_input() -> None:
     np.testing.assert_array_equal(process(image, scale=1), image)
 
 
+def test_the_model_option_picks_the_network() -> None:
+    image = _photo(24, 32)
+    best, fast = (process(image, scale=2, model=m) for m in ("best", "fast"))
+    assert best.shape == fast.shape == (48, 64, 3)
+    assert float(np.abs(best - fast).mean()) > 1e-3  # two different nets ran
+    np.testing.assert_array_equal(process(image, scale=2), best)  # best is the default
+
+
+def test_an_unknown_model_is_a_usage_error(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(cli, ["run", "-p", "superres", "-O", "model=huge",
+                                      str(tmp_path / "a.png"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "model" in result.output and "fast" in result.output
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
 # --- tiling ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("scale", MODEL_SCALES)
-def test_tiled_equals_untiled_within_tolerance(scale: int) -> None:
+@pytest.mark.parametrize("model", MODEL_SIZES)
+def test_tiled_equals_untiled_within_tolerance(scale: int, model: str) -> None:
     image = _photo()
-    tiled = process(image, tile=32, overlap=8, scale=scale)
-    whole = process(image, tile=512, overlap=32, scale=scale)
+    tiled = process(image, tile=32, overlap=8, scale=scale, model=model)
+    whole = process(image, tile=512, overlap=32, scale=scale, model=model)
     assert tiled.shape == whole.shape
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=TILE_ATOL)
     assert float(np.abs(tiled - whole).mean()) < TILE_MEAN_ATOL
@@ -137,28 +157,31 @@ def test_alpha_and_exif_survive_the_cli(tmp_path: Path, monkeypatch: pytest.Monk
 # --- the shipped models ------------------------------------------------------------------------
 
 
-def _facts(scale: int) -> dict:
-    return json.loads((MODELS / f"{model_name(scale)}.json").read_text())
+def _facts(scale: int, size: str) -> dict:
+    return json.loads((MODELS / f"{model_name(scale, size)}.json").read_text())
 
 
 @pytest.mark.parametrize("scale", MODEL_SCALES)
-def test_the_shipped_onnx_matches_its_card(scale: int) -> None:
-    facts = _facts(scale)
+@pytest.mark.parametrize("size", MODEL_SIZES)
+def test_the_shipped_onnx_matches_its_card(scale: int, size: str) -> None:
+    facts = _facts(scale, size)
     assert sha256_file(MODELS / facts["file"]) == facts["sha256"]
     assert facts["facts"]["scale"] == scale
+    assert facts["facts"]["preset"] == size
     assert facts["inputs"][0]["shape"][2:] == ["height", "width"]
-    assert (MODELS / f"{model_name(scale)}.md").exists()
+    assert (MODELS / f"{model_name(scale, size)}.md").exists()
 
 
 @pytest.mark.parametrize("scale", MODEL_SCALES)
-def test_the_shipped_model_beats_bicubic(scale: int) -> None:
+@pytest.mark.parametrize("size", MODEL_SIZES)
+def test_the_shipped_model_beats_bicubic(scale: int, size: str) -> None:
     # A 120x120 crop of skimage's astronaut (not in the training or validation sets); measured
     # with the step-500 models: +1.35 / +1.00 / +0.87 dB over bicubic at x2 / x3 / x4.
     hr_pil = Image.fromarray(data.astronaut()[60:180, 180:300])
     lr_pil = make_lr(hr_pil, scale)
     hr = np.asarray(hr_pil)
     lr = np.asarray(lr_pil, dtype=np.float32) / 255
-    sr = np.round(process(lr, scale=scale) * 255).astype(np.uint8)
+    sr = np.round(process(lr, scale=scale, model=size) * 255).astype(np.uint8)
     bicubic = np.asarray(lr_pil.resize(hr_pil.size, Image.Resampling.BICUBIC))
     assert psnr_y(sr, hr, scale) > psnr_y(bicubic, hr, scale) + 0.5
 
@@ -168,16 +191,17 @@ def test_the_shipped_model_beats_bicubic(scale: int) -> None:
 
 @pytest.mark.export
 @pytest.mark.parametrize("scale", MODEL_SCALES)
-def test_export_parity_at_odd_sizes(tmp_path: Path, scale: int) -> None:
+@pytest.mark.parametrize("preset", MODEL_SIZES)
+def test_export_parity_at_odd_sizes(tmp_path: Path, scale: int, preset: str) -> None:
     from exporters.superres import export_scale
 
     torch.manual_seed(scale)
-    model = build_model("best").eval()
-    for tail in model.tails.values():  # fresh tails are zero (plain bilinear): make them work
-        torch.nn.init.normal_(tail[-1].weight, std=0.02)
+    model = build_model(preset).eval()
+    for tail in model.tails.values():  # fresh tails end in zeros (plain bilinear): make them work
+        torch.nn.init.normal_(last_conv(tail).weight, std=0.02)
     # export_model checks ONNX Runtime against PyTorch at 32x40, 1x1, 7x5 and 33x47 inputs and
     # raises ParityError beyond atol 1e-4 / rtol 1e-3.
-    result = export_scale(model, preset="best", scale=scale, step=0, metrics={"note": "test"},
+    result = export_scale(model, preset=preset, scale=scale, step=0, metrics={"note": "test"},
                           out_dir=tmp_path)
     assert result.max_abs_error < 1e-4
     facts = json.loads(result.facts_path.read_text())

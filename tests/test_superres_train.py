@@ -102,3 +102,10 @@ def test_training_writes_a_checkpoint_and_resumes(tmp_path: Path,
     assert [row["step"] for row in second.history] == [3, 5]
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(math.isfinite(r["psnr_x4"]) for r in second.history)
+
+    # the export's card line comes from the run's stored config, found beside best.pt
+    config_5 = superres.run_config(tmp_path / "run" / "best.pt")
+    assert config_5 is not None and config_5["steps"] == 5
+    assert superres.describe_training(5, config_5).endswith("the end of a 5-step run")
+    assert "a checkpoint of a 5-step run" in superres.describe_training(3, config_5, "a note")
+    assert superres.run_config(tmp_path / "elsewhere" / "best.pt") is None
