@@ -114,6 +114,20 @@ def test_grey_output_stays_one_channel(tmp_path: Path) -> None:
         assert out.mode == "L" and np.asarray(out).max() == 64
 
 
+@pytest.mark.parametrize("rows", [1, 255, 256, 257, 600])  # around the 256-row conversion block
+def test_floats_become_rounded_clipped_bytes(tmp_path: Path, rows: int) -> None:
+    pixels = np.random.default_rng(rows).random((rows, 7, 3), dtype=np.float32) * 1.4 - 0.2
+    pixels[0, 0] = [np.nan, np.inf, -np.inf]
+    before = pixels.copy()
+    write_image(tmp_path / "f.png", Picture(pixels))
+    with Image.open(tmp_path / "f.png") as out:
+        got = np.asarray(out)
+    expected = np.round(np.clip(np.nan_to_num(before), 0.0, 1.0) * 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(got, expected)
+    assert got[0, 0].tolist() == [0, 255, 0]
+    np.testing.assert_array_equal(pixels, before)  # the caller's array is not changed
+
+
 def _truncated_jpeg(path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
