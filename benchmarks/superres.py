@@ -2,9 +2,9 @@
 CPU threads, quality (PSNR-Y/SSIM-Y vs bicubic) of the shipped models on a folder of HR images,
 and a 4000x3000 photo upscaled x4 through the CLI (wall time and peak memory).
 
-    python benchmarks/run.py superres
-    IMGPROC_SR_HR=/path/to/Set5 python benchmarks/run.py superres
-    IMGPROC_SR_BIG=0 python benchmarks/run.py superres   # skip the 4000x3000 run (minutes)
+    python benchmarks/run.py superres                     # all three, into docs/benchmarks.md
+    IMGPROC_SR_BIG=0 python benchmarks/run.py superres    # without the 4000x3000 run (minutes)
+    python benchmarks/superres.py /path/to/Set5 /path/to/Set14   # quality on your HR sets
 
 Quality follows ../shared/data/README.md: HR cropped to a multiple of the scale, LR by Pillow
 bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own functions).
@@ -12,6 +12,7 @@ bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -41,8 +42,7 @@ from exporters.superres import (
 from imgproc_plugins.superres import MODEL_SCALES, MODEL_SIZES, MODELS, model_name
 
 ROOT = Path(__file__).resolve().parents[1]
-HR_DIR = Path(os.environ.get("IMGPROC_SR_HR", ROOT.parent / "shared" / "data" / "sr-val"
-                             / "McMaster18"))
+HR_DIR = ROOT.parent / "shared" / "data" / "sr-val" / "McMaster18"  # the protocol's set
 RUNS = ROOT / "runs"
 THREADS = 2
 SPEED_INPUT = 256  # LR side of the speed test image
@@ -175,8 +175,9 @@ def run() -> str:
         "",
         *speed_rows(),
         "",
-        f"Quality on {hr_name} ({len(list_images([HR_DIR]))} HR images, `IMGPROC_SR_HR` to "
-        "change; protocol of ../shared/data/README.md), shipped ONNX models, untiled:",
+        f"Quality on {hr_name} ({len(list_images([HR_DIR]))} HR images; `python "
+        "benchmarks/superres.py DIR...` prints this table for other folders of HR images; "
+        "protocol of ../shared/data/README.md), shipped ONNX models, untiled:",
         "",
         *quality_rows(HR_DIR),
         "",
@@ -187,5 +188,19 @@ def run() -> str:
     ])
 
 
+def main() -> None:
+    """Print the quality table for each folder of HR images on the command line."""
+    parser = argparse.ArgumentParser(
+        description="PSNR-Y/SSIM-Y of the shipped superres models and bicubic on folders of HR "
+                    "images (protocol of ../shared/data/README.md)")
+    parser.add_argument("hr_dirs", nargs="*", type=Path, default=[HR_DIR], metavar="HR_DIR",
+                        help=f"folders of HR images (default: {HR_DIR.name})")
+    for hr_dir in parser.parse_args().hr_dirs:
+        if not hr_dir.is_dir():
+            parser.error(f"{hr_dir}: not a folder")
+        print(f"{hr_dir} ({len(list_images([hr_dir]))} images)\n")
+        print("\n".join(quality_rows(hr_dir)) + "\n")
+
+
 if __name__ == "__main__":
-    print(run())
+    main()
