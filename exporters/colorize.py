@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ VAL_DIR = DATA_ROOT / "color-val"
 TRAINING_DATA = ("color-train (../shared/data/color-train): 1,741 ImageNet photographs, "
                  "research use")
 VARIANTS = ("FR", "SRS", "S130", "FC")
-LOSSES = ("mse", "class")
+LOSSES = ("mse", "rebalanced", "class")
 # ---------------------------------------------------------------------------------- data
 
 def load_lab(path: Path, short_side: int) -> np.ndarray:
@@ -76,7 +77,7 @@ def load_folder(folder: Path, short_side: int, cache: Path) -> list[np.ndarray]:
             return [z[k] for k in sorted(z.files, key=int)]
     images = [load_lab(p, short_side) for p in paths]
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.stem + ".tmp.npz")
+    tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")  # runs may start together
     np.savez(tmp, **{str(i): im for i, im in enumerate(images)})
     tmp.replace(file)
     return images
@@ -117,6 +118,8 @@ def loss_value(cfg: NetConfig, net: nn.Module, lab: torch.Tensor, bins: Bins) ->
     ab = F.adaptive_avg_pool2d(lab[:, 1:], out.shape[2:])
     if cfg.loss == "mse":
         return F.mse_loss(out, ab / AB_SCALE)
+    if cfg.loss == "rebalanced":  # Zhang et al.'s class rebalancing, applied to regression
+        return (bins.pixel_weights(ab)[:, None] * (out - ab / AB_SCALE).square()).mean()
     target, weight = bins.soft_targets(ab)
     ce = -(target * torch.log_softmax(out, dim=1)).sum(dim=1)
     return (weight * ce).mean()
@@ -200,6 +203,8 @@ class TrainConfig:
     epochs: int = 30
     lr: float = 3e-4
     temperature: float = 0.38
+    rebalance: float = 0.5  # Zhang et al.'s lambda: 1 = no rebalancing, 0 = weights 1/p
+    init: Path | None = None  # start from the weights of a shipped colorize.onnx
     eval_every: int = 5
     threads: int = 1
     device: str = "auto"
@@ -225,9 +230,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, train: list[np.ndarray]) -> None:
         self.cfg, self.device = cfg, pick_device(cfg.device)
         self.bins = Bins.fit(np.concatenate([im[::4, ::4, 1:].reshape(-1, 2).astype(np.float32)
-                                             for im in train]))
+                                             for im in train]), lam=cfg.rebalance)
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.net, len(self.bins)).to(self.device)
+        if cfg.init is not None:  # resume() below replaces these once the run has a last.pt
+            from exporters.onnx_export import load_exported_weights  # onnx: only for --init
+
+            load_exported_weights(self.net, [cfg.init], prefix="net.")
         self.rng = np.random.default_rng(cfg.seed)
         self.steps_per_epoch = len(train) // cfg.batch
         if self.steps_per_epoch == 0:
@@ -388,6 +397,10 @@ def cli() -> None:
 @click.option("--device", default="auto")
 @click.option("--seed", type=int, default=0)
 @click.option("--train-limit", type=int, help="Train on a fixed random subset of N images.")
+@click.option("--rebalance", type=float, default=0.5,
+              help="Rebalancing lambda of the class and rebalanced losses (1 = none).")
+@click.option("--init", type=EXISTING, help="Start from the weights of an exported colorize.onnx "
+              "of the same network (fine-tuning).")
 def train_command(**kwargs: Any) -> None:
     """Train (or resume) one variant."""
     train(TrainConfig(**kwargs))
@@ -473,7 +486,10 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, name: str = "colorize",
         training_steps=(f"{ck['epoch']} epochs ({steps:,} steps of batch {config['batch']}, "
                         f"{config['size']} px random crops of images resized to a "
                         f"{render} px short side, horizontal flips), Adam {config['lr']:g} "
-                        f"cosine, loss {cfg.loss}, seed {config['seed']}; "
+                        f"cosine, loss {cfg.loss}"
+                        + (f" (rebalancing lambda {config['rebalance']:g})"
+                           if cfg.loss != "mse" and "rebalance" in config else "")
+                        + f", seed {config['seed']}; "
                         f"{ck['seconds'] / 60:.0f} min on 1 CPU thread"
                         + (f". {note}" if note else "")),
         metrics={"protocol": f"../shared/data/README.md: L of the ground truth as grey input; "

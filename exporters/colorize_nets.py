@@ -4,8 +4,9 @@ fully connected SIREN, the quantised-ab bins (Zhang et al. 2016), and the shippe
 The CNN: strided 3x3 convolutions (64, 128, 128, 256, 256, 512, 512, 256 filters x width), a
 global-context branch learned from scratch in place of the pretrained classifier (global average
 pool -> two dense layers -> fused with a 1x1 convolution), and a decoder (128, up 2x, 64, up 2x,
-32, 16) that predicts chroma at half the working resolution. Heads: `mse` regresses ab/110
-through tanh (FR) or sine (SRS, S130); `class` predicts logits over quantised ab bins.
+32, 16) that predicts chroma at half the working resolution. Heads: `mse` and `rebalanced`
+(MSE weighted by the rarity of the target colour) regress ab/110 through tanh (FR) or sine
+(SRS, S130); `class` predicts logits over quantised ab bins.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ class NetConfig:
     first_w0: float = 1 / 30
     fc_hidden: int = 512
 
+    @property
+    def regression(self) -> bool:
+        """True for the ab-regression head (losses mse and rebalanced), False for class."""
+        return self.loss != "class"
+
 
 class ColorNet(nn.Module):
     """The CNN colorizer: L in [0, 100] (N x 1 x H x W) -> ab head at about H/2 x W/2."""
@@ -88,7 +94,7 @@ class ColorNet(nn.Module):
         ch = [max(8, round(c * cfg.width)) for c, _ in ENCODER]
         dec = [max(4, round(c * cfg.width)) if c != "up" else "up" for c in DECODER]
         n_conv = len(ENCODER) + 3 + sum(c != "up" for c in dec)  # + 2 dense, fusion
-        out_dim = 2 if cfg.loss == "mse" else n_bins
+        out_dim = 2 if cfg.regression else n_bins
         acts = activations(cfg.variant, n_conv + 1)
         if cfg.loss == "class":  # logits are linear: the last hidden layer takes SRS's sine
             acts[-2] = acts[-1]
@@ -115,10 +121,10 @@ class ColorNet(nn.Module):
                 layers.append(block(nn.Conv2d(cin, c, 3, 1, 1)))
                 cin = c
         self.decoder = nn.Sequential(*layers)
-        self.head = nn.Conv2d(cin, out_dim, 3 if cfg.loss == "mse" else 1,
-                              padding=1 if cfg.loss == "mse" else 0)
+        self.head = nn.Conv2d(cin, out_dim, 3 if cfg.regression else 1,
+                              padding=1 if cfg.regression else 0)
         self.out_act: nn.Module = nn.Identity()
-        if cfg.loss == "mse":
+        if cfg.regression:
             self.out_act = nn.Tanh() if acts[-1] == "relu" else Sine()
             if acts[-1] == "sine":
                 sine_init(self.head, first=False, first_w0=cfg.first_w0)
@@ -181,6 +187,12 @@ class Bins:
     def __len__(self) -> int:
         return len(self.centres)
 
+    def pixel_weights(self, ab: torch.Tensor) -> torch.Tensor:
+        """Return the N x h x w rebalancing weights of ab's pixels (their nearest bin's)."""
+        n, _, h, w = ab.shape
+        nearest = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres).argmin(1)
+        return self.weights.to(ab.device)[nearest].reshape(n, h, w)
+
     def soft_targets(self, ab: torch.Tensor, k: int = 5,
                      sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (N x Q x h x w targets over the k nearest bins, N x h x w pixel weights)."""
@@ -223,7 +235,7 @@ class Colorizer(nn.Module):
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
         out = self.net(lightness)
-        if self.cfg.loss == "mse":
+        if self.cfg.regression:
             return out * AB_SCALE
         return annealed_mean(out, self.centres, self.temperature)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 import torch.fx.experimental._config as fx_config
@@ -42,6 +43,7 @@ __all__ = [
     "check_parity",
     "count_parameters",
     "export_model",
+    "load_exported_weights",
     "sha256_file",
 ]
 
@@ -183,6 +185,32 @@ def export_model(
 def count_parameters(module: torch.nn.Module) -> int:
     """Return the number of parameter elements (shared parameters counted once)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def load_exported_weights(module: torch.nn.Module, paths: Sequence[Path],
+                          prefix: str = "") -> None:
+    """Load module's parameters and buffers from the initializers of exported ONNX files (the
+    way to continue training a shipped model whose checkpoints are gone). Each of the module's
+    tensors must be an initializer named `prefix + its state-dict name` in at least one file,
+    and files that share a name must agree on it. Raises ValueError naming what is missing:
+    export may fold small weights into new constants, which makes a file unusable here."""
+    found: dict[str, torch.Tensor] = {}
+    for path in paths:
+        for init in onnx.load(str(path)).graph.initializer:
+            if not init.name.startswith(prefix):
+                continue
+            name = init.name.removeprefix(prefix)
+            value = torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
+            if name in found and not torch.equal(found[name], value):
+                raise ValueError(f"{path} disagrees with an earlier file on {name}")
+            found[name] = value
+    wanted = module.state_dict()
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise ValueError(f"{', '.join(str(p) for p in paths)} do not hold {', '.join(missing)} "
+                         f"by name (the export folded them into constants, or it is another "
+                         f"network)")
+    module.load_state_dict({name: found[name] for name in wanted})
 
 
 # --- request checks: fail before the slow export, with the model's name -------------------

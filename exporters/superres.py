@@ -139,6 +139,11 @@ class FixedScale(nn.Module):
         return self.net(x, self.scale).clamp(0.0, 1.0)
 
 
+def exported_name(preset: str, scale: int) -> str:
+    """Return the file stem a preset's x`scale` model is exported under (the plugin's name)."""
+    return f"superres-{preset}-x{scale}"
+
+
 def build_model(preset: str | Preset) -> MultiScaleSR:
     """Return a freshly initialised MultiScaleSR for a preset name ("best", "fast") or Preset."""
     return MultiScaleSR(PRESETS[preset] if isinstance(preset, str) else preset)
@@ -329,6 +334,7 @@ class TrainConfig:
     seed: int = 0
     train_dirs: list[Path] = field(default_factory=lambda: list(TRAIN_DIRS))
     val_dir: Path = VAL_DIR
+    init: Path | None = None  # a folder of exported superres-<preset>-x<s>.onnx to start from
 
 
 class Trainer:
@@ -339,6 +345,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = build_model(cfg.preset).to(self.device)
+        if cfg.init is not None:  # resume() below replaces these once the run has a last.pt
+            from exporters.onnx_export import load_exported_weights  # onnx: only for --init
+
+            load_exported_weights(self.model, [cfg.init / f"{exported_name(cfg.preset, s)}.onnx"
+                                               for s in SCALES], prefix="net.")
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: cosine_factor(step, cfg.steps))
@@ -484,6 +495,8 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--train-dir", "train_dirs", type=EXISTING, multiple=True, default=TRAIN_DIRS)
 @click.option("--val-dir", type=EXISTING, default=VAL_DIR)
+@click.option("--init", type=EXISTING, help="Start from the weights of the exported models of "
+              "this preset in a folder (e.g. plugins/models): continue a shipped model.")
 def train_command(**kwargs: Any) -> None:
     """Train (or resume) a run in --out."""
     kwargs["train_dirs"] = [Path(p) for p in kwargs["train_dirs"]]
@@ -581,6 +594,8 @@ def describe_training(step: int, config: dict[str, Any] | None, note: str = "") 
         line += (f" (batch {config['batch']}, {config['patch']} px LR patches, "
                  f"{config['loss']} loss, Adam {config['lr']:g} with a cosine schedule; x2/x3/x4 "
                  f"in turn), {where} of a {planned:,}-step run")
+        if config.get("init"):
+            line += f" that started from the exported models in {config['init']}"
     return line + (f". {note}" if note else "")
 
 
@@ -594,7 +609,7 @@ def export_scale(model: MultiScaleSR, *, preset: str, scale: int, step: int,
         return {"image": torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w))}
 
     card = ModelCard(
-        name=f"superres-{preset}-x{scale}",
+        name=exported_name(preset, scale),
         summary=f"x{scale} single-image super-resolution (RGB in [0, 1], any size).",
         architecture=describe_architecture(PRESETS[preset], scale),
         training_data=TRAINING_DATA,

@@ -192,8 +192,9 @@ def test_colorizer_maps_lightness_to_ab_at_about_half_size(
 
 
 @pytest.mark.parametrize(("variant", "loss", "size"), [
-    ("FR", "mse", 16), ("SRS", "class", 16), ("S130", "mse", 16), ("FC", "mse", 48),
-], ids=["FR-mse", "SRS-class", "S130-mse", "FC"])
+    ("FR", "mse", 16), ("FR", "rebalanced", 16), ("SRS", "class", 16), ("S130", "mse", 16),
+    ("FC", "mse", 48),
+], ids=["FR-mse", "FR-rebalanced", "SRS-class", "S130-mse", "FC"])
 def test_losses_are_finite_and_differentiable(bins: Bins, variant: str, loss: str,
                                               size: int) -> None:
     torch.manual_seed(0)
@@ -209,6 +210,28 @@ def test_losses_are_finite_and_differentiable(bins: Bins, variant: str, loss: st
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_rebalanced_loss_is_mse_weighted_by_the_target_colours_rarity(bins: Bins) -> None:
+    torch.manual_seed(0)
+    cfg = NetConfig(variant="FR", loss="rebalanced", width=WIDTH)
+    net = build_net(cfg, len(bins))
+    lab = torch.zeros(1, 3, 16, 16)
+    lab[:, 0] = 50.0
+    lab[:, 1:, :8] = torch.tensor([0.0, 0.0])[:, None, None]  # grey: the commonest bin
+    lab[:, 1:, 8:] = torch.tensor([-60.0, -60.0])[:, None, None]  # a rare saturated colour
+    ab = torch.nn.functional.adaptive_avg_pool2d(lab[:, 1:], (8, 8))
+    weights = bins.pixel_weights(ab)
+    assert weights.shape == (1, 8, 8)
+    assert (weights[:, 4:] > 5 * weights[:, :4]).all()
+    with torch.no_grad():
+        error = (net(lab[:, :1]) - ab / AB_SCALE).square()
+        want = (weights[:, None] * error).mean()
+        got = loss_value(cfg, net, lab, bins)
+    torch.testing.assert_close(got, want)
+    uniform = Bins(bins.centres.numpy(), np.ones(len(bins), np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(loss_value(cfg, net, lab, uniform), error.mean())
 
 
 # --- the trainer -------------------------------------------------------------------------------
@@ -356,6 +379,39 @@ def test_export_parity_at_odd_sizes(tmp_path: Path, bins: Bins, variant: str,
     assert facts["inputs"][0]["shape"] == [1, 1, "height", "width"]
     assert facts["sha256"] == sha256_file(result.onnx_path)
     _assert_matches_on_a_new_size(result.onnx_path, model)
+
+
+def _export_fresh(out: Path, width: float) -> tuple[torch.nn.Module, Path]:
+    """Return a fresh FR/mse network of width and the ONNX file it was exported to."""
+    torch.manual_seed(0)
+    cfg = NetConfig(variant="FR", loss="mse", width=width)
+    net = build_net(cfg, 0)
+    card = ModelCard(name="colorize", summary="test", architecture="fresh", training_data="none",
+                     training_steps="0", metrics={}, facts={})
+    result = colorize.export_colorizer(Colorizer(net, cfg, None, 1.0).eval(), card=card,
+                                       out_dir=out)
+    return net, result.onnx_path
+
+
+@pytest.mark.export
+def test_training_can_start_from_an_exported_model(tmp_path: Path, photos: Path) -> None:
+    shipped, onnx_path = _export_fresh(tmp_path / "out", width=0.5)  # the shipped width
+    tuned = train(_config(tmp_path, photos, "tuned", variant="FR", loss="rebalanced", width=0.5,
+                          epochs=0, init=onnx_path))
+    assert tuned.net.state_dict().keys() == shipped.state_dict().keys()
+    for name, tensor in shipped.state_dict().items():
+        torch.testing.assert_close(tuned.net.state_dict()[name], tensor, rtol=0, atol=0)
+    fresh = train(_config(tmp_path, photos, "fresh", variant="FR", width=0.5, epochs=0, seed=1))
+    assert not torch.equal(fresh.net.head.weight, shipped.head.weight)
+
+
+@pytest.mark.export
+def test_starting_from_an_export_that_folded_weights_is_refused(tmp_path: Path,
+                                                                photos: Path) -> None:
+    # At width 0.125 the exporter folds the fusion weight's two slices into new constants.
+    _, onnx_path = _export_fresh(tmp_path / "out", width=WIDTH)
+    with pytest.raises(ValueError, match=r"do not hold fusion\.0\.weight by name"):
+        train(_config(tmp_path, photos, variant="FR", epochs=0, init=onnx_path))
 
 
 @pytest.mark.export

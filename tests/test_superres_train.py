@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,38 @@ def test_training_writes_a_checkpoint_and_resumes(tmp_path: Path,
     assert superres.describe_training(5, config_5).endswith("the end of a 5-step run")
     assert "a checkpoint of a 5-step run" in superres.describe_training(3, config_5, "a note")
     assert superres.run_config(tmp_path / "elsewhere" / "best.pt") is None
+
+
+@pytest.mark.export
+def test_training_can_continue_an_exported_model(tmp_path: Path,
+                                                 image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+
+    def config(run: str, steps: int, init: Path | None = None) -> superres.TrainConfig:
+        return superres.TrainConfig(out=tmp_path / run, preset="fast", steps=steps, batch=2,
+                                    patch=12, val_every=2, threads=1, device="cpu",
+                                    train_dirs=[train_dir], val_dir=val_dir, init=init)
+
+    # Tails start at zero (the net starts as the bilinear upscale) and export drops zero biases:
+    # 4 steps train every tail, then the shared layers (x2 again).
+    trained = superres.train(config("first", 4)).model
+    for scale in superres.SCALES:
+        superres.export_scale(trained, preset="fast", scale=scale, step=4, metrics={},
+                              out_dir=tmp_path / "shipped")
+    continued = superres.Trainer(config("second", 0, init=tmp_path / "shipped")).model
+    for name, tensor in trained.state_dict().items():  # every scale's tail, the shared body
+        torch.testing.assert_close(continued.state_dict()[name], tensor, rtol=0, atol=0)
+    fresh = superres.Trainer(config("fresh", 0)).model
+    assert not torch.equal(fresh.head.weight, trained.head.weight)
+    stored = superres.run_config(tmp_path / "second" / "best.pt")
+    assert stored is None  # no step was run, so no checkpoint either
+    line = superres.describe_training(4, {**asdict(config("x", 4, tmp_path / "shipped")),
+                                          "init": str(tmp_path / "shipped")})
+    assert line.endswith(f"started from the exported models in {tmp_path / 'shipped'}")
+
+
+def test_continuing_from_a_folder_without_the_presets_models_names_the_file(
+        tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"superres-best-x2\.onnx"):
+        superres.Trainer(superres.TrainConfig(out=tmp_path / "run", preset="best",
+                                              device="cpu", init=tmp_path))
