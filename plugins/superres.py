@@ -76,7 +76,7 @@ PROCESSOR = Processor(
     options=(
         *size_options(4.0, min_scale=1.0, max_scale=16.0),
         Option("model", str, "best", "best: the 10-block net (quality); fast: the 3-block net, "
-               "7-9x faster (docs/benchmarks.md)", choices=MODEL_SIZES),
+               "6-9x faster (docs/benchmarks.md)", choices=MODEL_SIZES),
     ),
     models=tuple(ModelFile.from_facts(MODELS / f"{model_name(scale, size)}.json")
                  for size in MODEL_SIZES for scale in MODEL_SCALES),
