@@ -233,7 +233,7 @@ class Trainer:
                                              for im in train]), lam=cfg.rebalance)
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.net, len(self.bins)).to(self.device)
-        if cfg.init is not None:  # resume() below replaces these once the run has a last.pt
+        if cfg.init is not None and not self.last_path.exists():  # else resume() loads
             from exporters.onnx_export import load_exported_weights  # onnx: only for --init
 
             load_exported_weights(self.net, [cfg.init], prefix="net.")

@@ -345,7 +345,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = build_model(cfg.preset).to(self.device)
-        if cfg.init is not None:  # resume() below replaces these once the run has a last.pt
+        self.last_path = cfg.out / "last.pt"
+        if cfg.init is not None and not self.last_path.exists():  # else resume() loads
             from exporters.onnx_export import load_exported_weights  # onnx: only for --init
 
             load_exported_weights(self.model, [cfg.init / f"{exported_name(cfg.preset, s)}.onnx"
@@ -356,7 +357,6 @@ class Trainer:
         self.step, self.seconds, self.best = 0, 0.0, -math.inf
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
-        self.last_path = cfg.out / "last.pt"
         cfg.out.mkdir(parents=True, exist_ok=True)
         self.start_step = self.resume()
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
-from exporters.superres import build_model, last_conv, make_lr, psnr_y
+from exporters.superres import build_model, exported_name, last_conv, make_lr, psnr_y
 from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
@@ -159,6 +159,14 @@ def test_alpha_and_exif_survive_the_cli(tmp_path: Path, monkeypatch: pytest.Monk
 
 def _facts(scale: int, size: str) -> dict:
     return json.loads((MODELS / f"{model_name(scale, size)}.json").read_text())
+
+
+@pytest.mark.parametrize("scale", MODEL_SCALES)
+@pytest.mark.parametrize("size", MODEL_SIZES)
+def test_the_exporter_writes_the_names_the_plugin_loads(scale: int, size: str) -> None:
+    # The exporter cannot import the plugin (its import reads the shipped cards), so the name
+    # is spelled in both places; this keeps them one name.
+    assert exported_name(size, scale) == model_name(scale, size)
 
 
 @pytest.mark.parametrize("scale", MODEL_SCALES)

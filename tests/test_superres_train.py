@@ -135,8 +135,7 @@ def test_training_can_continue_an_exported_model(tmp_path: Path,
     assert not torch.equal(fresh.head.weight, trained.head.weight)
     stored = superres.run_config(tmp_path / "second" / "best.pt")
     assert stored is None  # no step was run, so no checkpoint either
-    line = superres.describe_training(4, {**asdict(config("x", 4, tmp_path / "shipped")),
-                                          "init": str(tmp_path / "shipped")})
+    line = superres.describe_training(4, asdict(config("x", 4, tmp_path / "shipped")))
     assert line.endswith(f"started from the exported models in {tmp_path / 'shipped'}")
 
 
