@@ -1,14 +1,49 @@
 """imgproc: plugin-based batch image processing on ONNX Runtime.
 
-Plugin authors need only what this module exports: `hookimpl`, `Processor`, `Option`,
-`ModelFile`, and `imgproc.testing` for their test suites.
+This module is the public plugin API: every name in `__all__` (and `imgproc.testing`) is
+what a plugin may rely on, versioned by `API_VERSION` (semantic versioning, see CHANGELOG.md).
+Every other module is internal and may change without notice. The built-in plugins import
+nothing else from imgproc: they are the proof that this surface is enough.
 """
 
 from __future__ import annotations
 
-from imgproc.errors import ImageError, ImgprocError, OptionError
+from imgproc.errors import (
+    ImageError,
+    ImgprocError,
+    ModelError,
+    OptionError,
+    ProviderError,
+    UsageError,
+)
 from imgproc.hookspecs import hookimpl
-from imgproc.processor import ModelFile, Option, Processor
+from imgproc.images import Picture, read_image, write_image
+from imgproc.processor import ModelFile, Option, ProcessFn, Processor
+from imgproc.runtime import Context
+from imgproc.session import Session
+from imgproc.tiles import process_tiled, tile_starts
 
-__all__ = ["ImageError", "ImgprocError", "ModelFile", "Option", "OptionError", "Processor",
-           "hookimpl"]
+API_VERSION = "1.0.0"
+"""The plugin API's version: MAJOR changes break plugins, MINOR adds names, PATCH fixes."""
+
+__all__ = [
+    "API_VERSION",
+    "Context",
+    "ImageError",
+    "ImgprocError",
+    "ModelError",
+    "ModelFile",
+    "Option",
+    "OptionError",
+    "Picture",
+    "ProcessFn",
+    "Processor",
+    "ProviderError",
+    "Session",
+    "UsageError",
+    "hookimpl",
+    "process_tiled",
+    "read_image",
+    "tile_starts",
+    "write_image",
+]
