@@ -280,9 +280,12 @@ def ssim_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def loss_value(name: str, sr: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Return the training loss: "l1" (RGB), or "psnr_ssim" = -PSNR_Y / (1 - SSIM_Y), shaved."""
+    """Return the training loss: "l1" or "l2" (RGB), or "psnr_ssim" = -PSNR_Y / (1 - SSIM_Y),
+    shaved."""
     if name == "l1":
         return F.l1_loss(sr, hr)
+    if name == "l2":  # the fine-tune after L1: what PSNR measures
+        return F.mse_loss(sr, hr)
     if name != "psnr_ssim":
         raise ValueError(f"unknown loss {name!r}")
     a, b = (y_torch(t)[..., scale:-scale, scale:-scale] for t in (sr, hr))
@@ -486,7 +489,7 @@ def cli() -> None:
 @click.option("--batch", type=int, default=16)
 @click.option("--patch", type=int, default=48, help="LR patch side (px).")
 @click.option("--lr", type=float, default=2e-4)
-@click.option("--loss", type=click.Choice(["l1", "psnr_ssim"]), default="l1")
+@click.option("--loss", type=click.Choice(["l1", "l2", "psnr_ssim"]), default="l1")
 @click.option("--val-every", type=int, default=500)
 @click.option("--ckpt-every", type=int, default=100)
 @click.option("--log-every", type=int, default=25)

@@ -62,7 +62,7 @@ def test_model_output_is_scale_times_input(preset: str, scale: int, size: tuple[
     assert torch.isfinite(out).all() and fixed.min() >= 0.0 and fixed.max() <= 1.0
 
 
-@pytest.mark.parametrize("loss", ["l1", "psnr_ssim"])
+@pytest.mark.parametrize("loss", ["l1", "l2", "psnr_ssim"])
 def test_losses_are_finite_and_differentiable(loss: str) -> None:
     sr = torch.rand(2, 3, 24, 24, requires_grad=True)
     value = superres.loss_value(loss, sr, torch.rand(2, 3, 24, 24), 2)
