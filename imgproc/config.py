@@ -91,11 +91,62 @@ class DaemonSettings:
 
     def journal_path(self, base: Path | None = None) -> Path:
         """Return the journal file to use (a relative path is taken from `base`)."""
-        if self.journal:
-            given = Path(self.journal).expanduser()
-            return given if given.is_absolute() or base is None else base / given
-        state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-        return Path(state) / "imgproc" / "journal.sqlite"
+        return _state_path(self.journal, base, "journal.sqlite")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`imgproc serve`: where it listens, who may call it, and how much it takes at once."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str = ""  # "" = no auth, loopback only; $IMGPROC_TOKEN also sets it
+    data_dir: str = ""  # "" = $XDG_STATE_HOME/imgproc/serve
+    max_upload_mb: int = 50  # per uploaded file
+    max_files: int = 100  # per job
+    workers: int = 1  # images processed at once
+    queue_size: int = 32  # images accepted and not yet finished (jobs and /v1/process)
+    job_ttl_seconds: int = 86400  # finished jobs and their files are deleted after this
+    cors_origins: str = ""  # comma-separated origins a browser may call the API from
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("serve.port", f"must be 0-65535, got {self.port}")
+        for name in ("max_upload_mb", "max_files", "workers", "queue_size", "job_ttl_seconds"):
+            _at_least(f"serve.{name}", getattr(self, name), 1)
+
+    def data_path(self, base: Path | None = None) -> Path:
+        """Return the folder for jobs and uploads (a relative path is taken from `base`)."""
+        return _state_path(self.data_dir, base, "serve")
+
+
+def _state_path(value: str, base: Path | None, default: str) -> Path:
+    """Return `value` as a path (relative to `base`), or $XDG_STATE_HOME/imgproc/`default`."""
+    if value:
+        given = Path(value).expanduser()
+        return given if given.is_absolute() or base is None else base / given
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "imgproc" / default
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where a batch's images run: `local` (threads here) or an engine such as `dask`."""
+
+    kind: str = "local"  # an engine registered through the imgproc_engines hook
+    address: str = ""  # dask: scheduler; "" = $DASK_SCHEDULER_ADDRESS, else a local cluster
+    workers: int = 0  # a local cluster started for the run: worker processes (0 = one per core)
+    threads_per_worker: int = 1
+    dashboard: str = ""  # a local cluster's dashboard address such as ":8787" ("" = none)
+    timeout: float = 60.0  # seconds to reach the scheduler and see a first worker
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ConfigError("engine.kind", "must name an engine (local, dask, ...)")
+        _at_least("engine.workers", self.workers, 0)
+        _at_least("engine.threads_per_worker", self.threads_per_worker, 1)
+        if self.timeout <= 0:
+            raise ConfigError("engine.timeout", "must be positive")
 
 
 AFTER = ("keep", "move", "delete")
@@ -201,6 +252,8 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     watch: tuple[WatchRule, ...] = ()
     source: Path | None = None
@@ -220,7 +273,8 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "output": OutputSettings,
-                              "logging": LoggingSettings, "daemon": DaemonSettings}
+                              "logging": LoggingSettings, "daemon": DaemonSettings,
+                              "serve": ServeSettings, "engine": EngineSettings}
 
 
 def find_config(explicit: Path | None = None) -> Path | None:
