@@ -43,12 +43,30 @@ def model_scale(factor: float) -> int | None:
     return next((s for s in MODEL_SCALES if s >= factor), MODEL_SCALES[-1])
 
 
-def upscale_fn(session: Any) -> Any:
-    """Return a function mapping an H x W x 3 tile to its model upscale (H*s x W*s x 3)."""
+def upscale_fn(session: Any, ensemble: bool = False) -> Any:
+    """Return a function mapping an H x W x 3 tile to its model upscale (H*s x W*s x 3).
 
-    def run(tile: np.ndarray) -> np.ndarray:
+    ensemble: the geometric self-ensemble (Lim et al., EDSR+): the mean of the model's upscales
+    of the tile under the 8 flips and 90-degree rotations, each turned back; 8x the time.
+    """
+
+    def run_once(tile: np.ndarray) -> np.ndarray:
         nchw = np.ascontiguousarray(tile.transpose(2, 0, 1)[None], dtype=np.float32)
         return session.run({"image": nchw})[0][0].transpose(1, 2, 0)
+
+    if not ensemble:
+        return run_once
+
+    def run(tile: np.ndarray) -> np.ndarray:
+        total: np.ndarray | None = None
+        for flip in (False, True):
+            flipped = tile[:, ::-1] if flip else tile
+            for k in range(4):
+                out = np.rot90(run_once(np.rot90(flipped, k)), -k)
+                out = out[:, ::-1] if flip else out
+                total = out.copy() if total is None else np.add(total, out, out=total)
+        assert total is not None
+        return np.multiply(total, 1.0 / 8.0, out=total)
 
     return run
 
@@ -61,7 +79,8 @@ def superres(images: list[np.ndarray], *, options: dict[str, Any], context: Any)
     # The larger per-axis factor decides: width= and height= together may stretch one axis.
     scale = model_scale(max(out_h / height, out_w / width))
     if scale is not None:
-        run = upscale_fn(context.session(model_name(scale, options["model"])))
+        run = upscale_fn(context.session(model_name(scale, options["model"])),
+                         ensemble=options["ensemble"])
         image = context.tiled(run, image, scale=scale)
     out = resize(image, out_h, out_w, resample=Image.Resampling.LANCZOS)
     if out is images[0]:  # the input itself (factor 1): never change it in place
@@ -77,6 +96,8 @@ PROCESSOR = Processor(
         *size_options(4.0, min_scale=1.0, max_scale=16.0),
         Option("model", str, "best", "best: the 10-block net (quality); fast: the 3-block net, "
                "6-9x faster (docs/benchmarks.md)", choices=MODEL_SIZES),
+        Option("ensemble", bool, False, "average the model over the 8 flips/rotations of the "
+               "input (geometric self-ensemble): a little sharper, 8x the time"),
     ),
     models=tuple(ModelFile.from_facts(MODELS / f"{model_name(scale, size)}.json")
                  for size in MODEL_SIZES for scale in MODEL_SCALES),
