@@ -42,11 +42,11 @@ from exporters.colorize import (
     torch_predictor,
 )
 from exporters.colorize_nets import Bins, Colorizer, NetConfig, build_net
+from imgproc import resize
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc_plugins.colorize import CHROMA_GAIN, MODEL, PROCESSOR
 from imgproc_plugins.lab import colorize_lab, grey_of, lightness, working_size
-from imgproc_plugins.sizing import resize
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

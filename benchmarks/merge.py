@@ -16,10 +16,10 @@ from skimage import data
 from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
 from exporters.merge import PoissonMerge, reference_merge, torch_feeds
+from imgproc import resize
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc_plugins.merge import imgproc_processors
-from imgproc_plugins.sizing import resize
 
 SIZES = ((512, 512), (1000, 1000))
 MODES = ("mean", "mixed")

@@ -21,6 +21,7 @@ from imgproc.images import Picture, read_image, write_image
 from imgproc.processor import ModelFile, Option, ProcessFn, Processor
 from imgproc.runtime import Context
 from imgproc.session import Session
+from imgproc.sizing import output_size, resize, size_options
 from imgproc.tiles import process_tiled, tile_starts
 
 API_VERSION = "1.0.0"
@@ -42,8 +43,11 @@ __all__ = [
     "Session",
     "UsageError",
     "hookimpl",
+    "output_size",
     "process_tiled",
     "read_image",
+    "resize",
+    "size_options",
     "tile_starts",
     "write_image",
 ]

@@ -1,4 +1,5 @@
-"""Output sizes and float resizing shared by the built-in plugins (refit, superres, merge)."""
+"""Output-size options (`scale`, `width`, `height`) and float resizing, for any plugin that
+resizes (superres, refit and merge among the built-ins)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgproc import Option
+from imgproc.processor import Option
 
 
 def size_options(default_scale: float, *, min_scale: float,

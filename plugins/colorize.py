@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imgproc import ModelFile, Option, Processor, hookimpl
+from imgproc import Context, ModelFile, Option, Processor, Session, hookimpl
 from imgproc_plugins.lab import PredictAb, colorize_lab
 
 MODELS = Path(__file__).parent / "models"
@@ -31,7 +31,7 @@ MODEL = ModelFile.from_facts(MODELS / "colorize.json")
 CHROMA_GAIN = float(MODEL.facts.get("chroma_gain", 1.0))
 
 
-def onnx_predictor(session: Any) -> PredictAb:
+def onnx_predictor(session: Session) -> PredictAb:
     """Return predict_ab running the shipped model through its session."""
 
     def predict(small: np.ndarray) -> np.ndarray:
@@ -41,7 +41,8 @@ def onnx_predictor(session: Any) -> PredictAb:
     return predict
 
 
-def colorize(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+def colorize(images: list[np.ndarray], *, options: dict[str, Any],
+             context: Context) -> np.ndarray:
     """Return the image in colour (same size)."""
     predict = onnx_predictor(context.session(MODEL.name))
     return colorize_lab(images[0], predict, render_size=options["render_size"],

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from imgproc import ModelFile, Option, Processor, hookimpl
+from imgproc import ModelFile, Option, Processor, hookimpl, resize
 from imgproc_plugins import require_torch
-from imgproc_plugins.sizing import resize
 
 MODELS = Path(__file__).parent / "models"
 MODEL = "merge-poisson"

@@ -14,9 +14,8 @@ import click
 import numpy as np
 import structlog
 
-from imgproc import Option, Processor, hookimpl
+from imgproc import Option, Processor, hookimpl, output_size, size_options
 from imgproc_plugins import require_torch
-from imgproc_plugins.sizing import output_size, size_options
 
 log = structlog.get_logger("imgproc.refit")
 OUTPUTS = ("gradient", "laplacian")

@@ -16,14 +16,24 @@ upscales alpha alongside.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from imgproc import ModelFile, Option, Processor, hookimpl
-from imgproc_plugins.sizing import output_size, resize, size_options
+from imgproc import (
+    Context,
+    ModelFile,
+    Option,
+    Processor,
+    Session,
+    hookimpl,
+    output_size,
+    resize,
+    size_options,
+)
 
 MODELS = Path(__file__).parent / "models"
 MODEL_SIZES = ("best", "fast")
@@ -43,7 +53,8 @@ def model_scale(factor: float) -> int | None:
     return next((s for s in MODEL_SCALES if s >= factor), MODEL_SCALES[-1])
 
 
-def upscale_fn(session: Any, ensemble: bool = False) -> Any:
+def upscale_fn(session: Session,
+               ensemble: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """Return a function mapping an H x W x 3 tile to its model upscale (H*s x W*s x 3).
 
     ensemble: the geometric self-ensemble (Lim et al., EDSR+): the mean of the model's upscales
@@ -71,7 +82,8 @@ def upscale_fn(session: Any, ensemble: bool = False) -> Any:
     return run
 
 
-def superres(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+def superres(images: list[np.ndarray], *, options: dict[str, Any],
+             context: Context) -> np.ndarray:
     """Return the image upscaled to the requested size, clipped to [0, 1]."""
     image = images[0]
     height, width = image.shape[:2]

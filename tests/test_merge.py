@@ -22,13 +22,12 @@ from exporters.merge import (
     target_field,
     torch_feeds,
 )
-from imgproc import ModelFile, OptionError, Processor
+from imgproc import ModelFile, OptionError, Processor, resize
 from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
 from imgproc.session import Session
 from imgproc_plugins.merge import MODEL, imgproc_processors, solver_feeds
-from imgproc_plugins.sizing import resize
 
 from .conftest import read_rgb
 

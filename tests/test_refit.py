@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
+from imgproc import output_size
 from imgproc.cli import cli
 from imgproc.runtime import Runtime
 from imgproc_plugins import siren
 from imgproc_plugins.refit import PROCESSOR, derivatives, luma_derivative
-from imgproc_plugins.sizing import output_size
 
 from .conftest import read_rgb
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from imgproc import Option, Processor, hookimpl
+from imgproc import Context, Option, Processor, hookimpl
+
+IMGPROC_API_VERSION = "1.0"  # the imgproc plugin API this plugin is written for
 
 # The classic sepia matrix (rows: output R, G, B; columns: input R, G, B).
 SEPIA = np.array([[0.393, 0.769, 0.189],
@@ -14,7 +16,8 @@ SEPIA = np.array([[0.393, 0.769, 0.189],
                   [0.272, 0.534, 0.131]], dtype=np.float32)
 
 
-def sepia(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+def sepia(images: list[np.ndarray], *, options: dict[str, Any],
+          context: Context) -> np.ndarray:
     """Return the image toned sepia, mixed with the original by `strength`."""
     image = images[0]
     toned = np.clip(image @ SEPIA.T, 0.0, 1.0)
@@ -23,7 +26,7 @@ def sepia(images: list[np.ndarray], *, options: dict[str, Any], context: Any) ->
 
 
 def autocontrast(images: list[np.ndarray], *, options: dict[str, Any],
-                 context: Any) -> np.ndarray:
+                 context: Context) -> np.ndarray:
     """Return the image with each channel stretched between its low and high percentiles."""
     image = images[0]
     cutoff = options["cutoff"]
