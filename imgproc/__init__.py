@@ -8,6 +8,7 @@ nothing else from imgproc: they are the proof that this surface is enough.
 
 from __future__ import annotations
 
+from imgproc.api_version import API_VERSION
 from imgproc.errors import (
     ImageError,
     ImgprocError,
@@ -24,8 +25,6 @@ from imgproc.session import Session
 from imgproc.sizing import output_size, resize, size_options
 from imgproc.tiles import process_tiled, tile_starts
 
-API_VERSION = "1.0.0"
-"""The plugin API's version: MAJOR changes break plugins, MINOR adds names, PATCH fixes."""
 
 __all__ = [
     "API_VERSION",

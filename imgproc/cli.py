@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from imgproc.api_version import API_VERSION, api_mismatch
 from imgproc.config import AFTER, FORMATS, PROVIDERS, Config, WatchRule, find_config, load_config
 from imgproc.errors import ImgprocError, UsageError
 from imgproc.logs import configure_logging
@@ -142,6 +143,8 @@ def plugins(env: Env, as_json: bool) -> None:
     for p in data["processors"]:
         click.echo(f"{p['name']}  ({p['distribution']} {p['version']}, plugin {p['plugin']})")
         click.echo(f"  {p['summary']}  [inputs: {p['inputs']}]")
+        if p["api_warning"]:
+            click.echo(f"  warning: {p['api_warning']}")
         for o in p["options"]:
             extra = f" one of {', '.join(o['choices'])}" if "choices" in o else ""
             if "min" in o or "max" in o:
@@ -287,10 +290,11 @@ def _describe(registry: Registry) -> dict[str, Any]:
         "distribution": r.distribution, "version": r.version, "inputs": r.processor.inputs,
         "options": [o.describe() for o in r.processor.options],
         "models": [m.describe() for m in r.processor.models],
+        "api_version": r.api_version, "api_warning": api_mismatch(r.api_version),
     } for r in sorted(registry.processors.values(), key=lambda r: r.processor.name)]
     failures = [{"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
                 for f in registry.failures]
-    return {"processors": processors, "failures": failures}
+    return {"api_version": API_VERSION, "processors": processors, "failures": failures}
 
 
 class _progress:

@@ -15,6 +15,7 @@ import pluggy
 import structlog
 
 from imgproc import hookspecs
+from imgproc.api_version import declared_api
 from imgproc.errors import PluginNotFound
 from imgproc.processor import Processor
 
@@ -32,6 +33,7 @@ class Registered:
     plugin: str
     distribution: str
     version: str
+    api_version: str | None = None  # the plugin API its plugin declares (IMGPROC_API_VERSION)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ def _collect(pm: pluggy.PluginManager, registry: Registry,
     for impl, found in _call_each(pm, registry, sources, "imgproc_processors"):
         dist, version = sources.get(impl.plugin_name, ("unknown", "unknown"))
         for processor in found:
-            _add(registry, Registered(processor, impl.plugin_name, dist, version))
+            _add(registry, Registered(processor, impl.plugin_name, dist, version,
+                                      declared_api(impl.plugin)))
     for impl, found in _call_each(pm, registry, sources, "imgproc_commands"):
         for command in found:
             name = getattr(command, "name", None)

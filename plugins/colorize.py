@@ -24,6 +24,7 @@ import numpy as np
 from imgproc import Context, ModelFile, Option, Processor, Session, hookimpl
 from imgproc_plugins.lab import PredictAb, colorize_lab
 
+IMGPROC_API_VERSION = "1.0"
 MODELS = Path(__file__).parent / "models"
 MODEL = ModelFile.from_facts(MODELS / "colorize.json")
 # The model's calibrated chroma scale (its card says how it was chosen): strength 1 is

@@ -8,18 +8,30 @@ import numpy as np
 import pytest
 
 from imgproc import Option, Processor
-from imgproc.registry import load_registry
+from imgproc.registry import Registry, load_registry
 from imgproc.testing import check_processor
 
 from .conftest import LOCAL_PLUGINS
 
-REGISTRY = load_registry(plugins_dir=LOCAL_PLUGINS)
 CONTRACT_BREAKERS = {"explode"}  # the tests' deliberately buggy processor
 
 
-@pytest.mark.parametrize("name", sorted(set(REGISTRY.processors) - CONTRACT_BREAKERS))
-def test_every_registered_processor_keeps_the_contract(name: str) -> None:
-    check_processor(REGISTRY.processors[name].processor)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `processor_name` over every processor registered when the tests collect."""
+    if "processor_name" in metafunc.fixturenames:
+        names = set(load_registry(plugins_dir=LOCAL_PLUGINS).processors) - CONTRACT_BREAKERS
+        metafunc.parametrize("processor_name", sorted(names))
+
+
+@pytest.fixture(scope="module")
+def contract_registry() -> Registry:
+    """Return the installed plugins and the tests' local plugins, loaded once for this module."""
+    return load_registry(plugins_dir=LOCAL_PLUGINS)
+
+
+def test_every_registered_processor_keeps_the_contract(contract_registry: Registry,
+                                                       processor_name: str) -> None:
+    check_processor(contract_registry.processors[processor_name].processor)
 
 
 def test_model_processors_keep_the_contract(halve: Processor) -> None:

@@ -13,23 +13,17 @@ from pathlib import Path
 import imgproc_sepia
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from imgproc import Processor
-from imgproc.cli import cli
-from imgproc.config import RuntimeSettings
-from imgproc.runtime import Runtime
-from imgproc.testing import check_processor
+from imgproc.testing import check_processor, run_cli, run_processor
 
 PROCESSORS = {p.name: p for p in imgproc_sepia.imgproc_processors()}
 
 
 def run(processor: Processor, image: np.ndarray, **options: object) -> np.ndarray:
     """Return `processor` applied to one image, its options resolved as the host resolves them."""
-    values = processor.resolve_options(options)
-    context = Runtime(RuntimeSettings(provider="cpu")).context(processor)
-    return processor.process([image], options=values, context=context)
+    return run_processor(processor, [image], **options)
 
 
 @pytest.mark.parametrize("processor", PROCESSORS.values(), ids=PROCESSORS.keys())
@@ -75,8 +69,8 @@ def test_sepia_runs_end_to_end_through_the_imgproc_cli(tmp_path: Path,
     Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(
         src / "sub" / "b.png")
 
-    result = CliRunner().invoke(cli, ["run", "--plugin", "sepia", "-O", "strength=0.5",
-                                      "--recursive", "--json", str(src), "-o", str(out)])
+    result = run_cli("run", "--plugin", "sepia", "-O", "strength=0.5", "--recursive", "--json",
+                     str(src), "-o", str(out))
 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
