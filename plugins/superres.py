@@ -35,6 +35,7 @@ from imgproc import (
     size_options,
 )
 
+IMGPROC_API_VERSION = "1.0"
 MODELS = Path(__file__).parent / "models"
 MODEL_SIZES = ("best", "fast")
 MODEL_SCALES = (2, 3, 4)
