@@ -39,7 +39,7 @@ from exporters.superres import (
     single_scale,
     ssim_y,
 )
-from imgproc_plugins.superres import MODEL_SCALES, MODEL_SIZES, MODELS, model_name
+from imgproc_plugins.superres import MODEL_SCALES, MODEL_SIZES, MODELS, model_name, upscale_fn
 
 # The x4 output of the 4000x3000 photo is 192 MP: past Pillow's bomb guard, which the host
 # lifts too (imgproc/images.py).
@@ -138,6 +138,45 @@ def quality_rows(hr_dir: Path) -> list[str]:
     return rows
 
 
+class _Feeds:
+    """An ONNX Runtime session behind the host's session.run(feeds) -> outputs call."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        self.sess = sess
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(None, feeds)
+
+
+def ensemble_rows(hr_dir: Path, size: str = "best") -> list[str]:
+    """Return markdown rows: PSNR-Y of one model without and with `ensemble=true` (the plugin's
+    own tile function, 8 flips/rotations averaged) per scale, and the time of each pass."""
+    hrs = [load_rgb(p) for p in list_images([hr_dir])]
+    if not hrs:
+        return [f"_No images in {hr_dir}: ensemble table skipped._"]
+    rows = [f"| scale | superres-{size} PSNR-Y / SSIM-Y | ensemble=true PSNR-Y / SSIM-Y (gain dB)"
+            " | s per output MP, single / ensemble |", "| --- | ---: | ---: | ---: |"]
+    for scale in MODEL_SCALES:
+        sess = _Feeds(session(scale, size))
+        scores: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        seconds, mp = {False: 0.0, True: 0.0}, 0.0
+        for hr_full in hrs:
+            lr = np.asarray(make_lr(Image.fromarray(hr_full), scale))
+            hr = hr_full[: lr.shape[0] * scale, : lr.shape[1] * scale]
+            mp += hr.shape[0] * hr.shape[1] / 1e6
+            for ensemble in (False, True):
+                run = upscale_fn(sess, ensemble=ensemble)
+                start = time.perf_counter()
+                y = run(lr.astype(np.float32) / 255)
+                seconds[ensemble] += time.perf_counter() - start
+                sr = np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)
+                scores[ensemble].append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+        (p0, s0), (p1, s1) = (np.mean(scores[e], axis=0) for e in (False, True))
+        rows.append(f"| x{scale} | {p0:.3f} / {s0:.4f} | {p1:.3f} / {s1:.4f} ({p1 - p0:+.3f}) | "
+                    f"{seconds[False] / mp:.3f} / {seconds[True] / mp:.3f} |")
+    return rows
+
+
 def big_image_rows() -> list[str]:
     """Return markdown rows: wall time and peak resident memory of `imgproc run` upscaling one
     4000x3000 JPEG x4 (to 16000x12000), each model in its own process."""
@@ -184,6 +223,12 @@ def run() -> str:
         "protocol of ../shared/data/README.md), shipped ONNX models, untiled:",
         "",
         *quality_rows(HR_DIR),
+        "",
+        f"Geometric self-ensemble (`-O ensemble=true`: the model on the 8 flips/rotations of "
+        f"each tile, turned back and averaged) on {hr_name}, best model through the plugin's "
+        f"tile function and ONNX Runtime ({THREADS} threads), untiled; times include the flips:",
+        "",
+        *ensemble_rows(HR_DIR),
         "",
         *(["A 4000x3000 photo (skimage's astronaut resized, JPEG) upscaled x4 to 16000x12000 "
            "with `imgproc run -p superres -O scale=4` in a fresh process (host defaults: tiles "
