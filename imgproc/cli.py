@@ -162,24 +162,21 @@ def plugins(env: Env, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--provider", type=click.Choice(PROVIDERS), help="Provider to try [config].")
+@click.option("--check", is_flag=True, help="Run every shipped model once on each usable "
+              "provider (CUDA, then the CPU) and compare with the CPU; exit 1 on a failure.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def doctor(env: Env, provider: str | None, as_json: bool) -> None:
+def doctor(env: Env, provider: str | None, check: bool, as_json: bool) -> None:
     """Show Python, ONNX Runtime, its providers and the provider each model actually gets."""
-    from imgproc.doctor import diagnose
+    from imgproc import doctor as diagnosis
 
-    report = diagnose(env.registry(), env.config.replace("runtime", provider=provider).runtime)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    for key in ("python", "platform", "onnxruntime", "providers_available", "config"):
-        click.echo(f"{key}: {report[key]}")
-    for warning in report["warnings"]:
-        click.echo(f"warning: {warning}")
-    for m in report["models"]:
-        click.echo(f"model {m['processor']}/{m['model']}: {m.get('provider') or m.get('error')}")
-    if not report["models"]:
-        click.echo("models: none (no installed processor declares a model)")
+    settings = env.config.replace("runtime", provider=provider).runtime
+    if check:
+        result = diagnosis.check(env.registry(), settings)
+        click.echo(json.dumps(result, indent=2) if as_json else diagnosis.format_check(result))
+        sys.exit(0 if result["ok"] else 1)
+    report = diagnosis.diagnose(env.registry(), settings)
+    click.echo(json.dumps(report, indent=2) if as_json else diagnosis.format_report(report))
 
 
 @cli.command()

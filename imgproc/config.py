@@ -15,7 +15,8 @@ from imgproc.errors import ConfigError
 
 CONFIG_ENV = "IMGPROC_CONFIG"
 CONFIG_NAME = "config.toml"
-PROVIDERS = ("auto", "cuda", "cpu")
+PROVIDERS = ("auto", "cuda", "cpu", "tensorrt")
+CONV_ALGO_SEARCH = ("exhaustive", "heuristic", "default")
 FORMATS = ("same", "png", "jpg", "webp", "tiff")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
@@ -32,9 +33,15 @@ class RuntimeSettings:
     tile_size: int = 512
     tile_overlap: int = 32
     max_image_pixels: int = 200_000_000  # decompression-bomb guard
+    cuda_device_id: int = 0  # which GPU the CUDA provider runs on
+    cudnn_conv_algo_search: str = "exhaustive"  # per new input shape; heuristic: no search
+    cuda_memory_limit_mb: int = 0  # cap on the CUDA memory arena; 0 = none
 
     def __post_init__(self) -> None:
         _choice("runtime.provider", self.provider, PROVIDERS)
+        _choice("runtime.cudnn_conv_algo_search", self.cudnn_conv_algo_search, CONV_ALGO_SEARCH)
+        for name in ("cuda_device_id", "cuda_memory_limit_mb"):
+            _at_least(f"runtime.{name}", getattr(self, name), 0)
         for name in ("intra_op_threads", "inter_op_threads"):
             _at_least(f"runtime.{name}", getattr(self, name), 0)
         for name in ("workers", "tile_size", "max_image_pixels"):

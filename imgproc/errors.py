@@ -38,6 +38,10 @@ class PluginNotFound(UsageError):
     """No registered processor has the requested name."""
 
 
+class RuntimeMissing(UsageError):
+    """No ONNX Runtime is importable: imgproc was installed without its [cpu] or [gpu] extra."""
+
+
 class ProviderError(ImgprocError):
     """The requested ONNX Runtime execution provider cannot be used."""
 

@@ -26,9 +26,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self._fixed: dict[Path, Picture] = {}
         self._lock = threading.Lock()
-        self.sessions = SessionPool(provider=self.settings.provider,
-                                    intra_op_threads=self.settings.intra_op_threads,
-                                    inter_op_threads=self.settings.inter_op_threads)
+        self.sessions = SessionPool.from_settings(self.settings)
 
     def fixed_image(self, path: Path) -> Picture:
         """Return an image named by an image option, read once and shared by every job."""

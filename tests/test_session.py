@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import onnxruntime
@@ -11,8 +12,17 @@ import pytest
 from click.testing import CliRunner
 
 from imgproc import ModelFile, Processor
-from imgproc.errors import ModelError, ProviderError
-from imgproc.session import CPU, CUDA, SessionPool, choose_providers
+from imgproc.config import parse_config
+from imgproc.errors import ConfigError, ModelError, ProviderError, RuntimeMissing
+from imgproc.session import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    CudaOptions,
+    SessionPool,
+    choose_providers,
+    provider_options,
+)
 
 HAS_CUDA = CUDA in onnxruntime.get_available_providers()
 
@@ -85,3 +95,54 @@ def test_doctor_shows_the_provider_each_model_got(halve: Processor, tmp_path: Pa
     result = CliRunner().invoke(cli, ["--plugins-dir", str(tmp_path), "doctor", "--json"])
     report = json.loads(result.stdout)
     assert {"processor": "halve", "model": "halve", "provider": CPU} in report["models"]
+
+
+@pytest.mark.parametrize(("requested", "available", "expected"), [
+    ("tensorrt", [TENSORRT, CUDA, CPU], [TENSORRT, CUDA, CPU]),
+    ("auto", [TENSORRT, CUDA, CPU], [CUDA, CPU]),  # TensorRT only when asked: engines build slowly
+], ids=["tensorrt", "auto-skips-tensorrt"])
+def test_tensorrt_is_offered_on_request(requested: str, available: list[str],
+                                        expected: list[str]) -> None:
+    assert choose_providers(requested, available) == expected
+
+
+@pytest.mark.parametrize(("requested", "available", "problem", "match"), [
+    ("cuda", [CPU], "onnxruntime 1.0 is the CPU-only build", "'cuda' was requested but "
+     "onnxruntime 1.0 is the CPU-only build"),
+    ("cuda", [CUDA, CPU], "no NVIDIA driver: libcuda.so.1 cannot be loaded",
+     "'cuda' was requested but CUDA cannot run here: no NVIDIA driver"),
+    ("tensorrt", [CUDA, CPU], "", "no TensorRT provider"),
+], ids=["cpu-build", "no-driver", "no-tensorrt"])
+def test_a_strict_gpu_request_names_the_reason(requested: str, available: list[str],
+                                               problem: str, match: str) -> None:
+    with pytest.raises(ProviderError, match=match):
+        choose_providers(requested, available, cuda_problem=problem)
+
+
+def test_auto_takes_the_cpu_when_cuda_cannot_run() -> None:
+    assert choose_providers("auto", [CUDA, CPU], cuda_problem="no CUDA device") == [CPU]
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (CudaOptions(), {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
+    (CudaOptions(device_id=1, conv_algo_search="heuristic", memory_limit_mb=2048),
+     {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC",
+      "gpu_mem_limit": str(2048 * 1024 * 1024), "arena_extend_strategy": "kSameAsRequested"}),
+], ids=["defaults", "configured"])
+def test_cuda_provider_options(options: CudaOptions, expected: dict[str, str]) -> None:
+    assert provider_options(CUDA, options) == expected
+    assert provider_options(CPU, options) == {}
+
+
+def test_config_runtime_keys_reach_the_cuda_options() -> None:
+    settings = parse_config({"runtime": {"cuda_device_id": 3, "cuda_memory_limit_mb": 512,
+                                         "cudnn_conv_algo_search": "heuristic"}}).runtime
+    assert SessionPool.from_settings(settings).cuda == CudaOptions(3, "heuristic", 512)
+    with pytest.raises(ConfigError, match="cudnn_conv_algo_search.*not one of exhaustive"):
+        parse_config({"runtime": {"cudnn_conv_algo_search": "fast"}})
+
+
+def test_without_onnxruntime_a_pool_names_both_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(RuntimeMissing, match=r"\[cpu\] extra .*\[gpu\] extra"):
+        SessionPool()
