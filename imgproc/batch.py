@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import structlog
 
 from imgproc.config import OutputSettings
-from imgproc.errors import ImageError, UsageError
+from imgproc.errors import Fault, ImageError, SessionError, TransientError, UsageError
 from imgproc.images import (
     SUFFIX_FORMATS,
     TEMP_SUFFIX,
@@ -24,6 +25,7 @@ from imgproc.images import (
     write_atomic,
     write_image,
 )
+from imgproc.links import NOT_FOLLOWED, readable_path
 from imgproc.processor import Processor
 from imgproc.runtime import Context, Runtime
 
@@ -50,6 +52,7 @@ class Outcome:
     ms: float = 0.0
     provider: str = "none"
     extras: tuple[Path, ...] = ()  # files a processor asked to write beside the output
+    fault: Fault | None = None  # whose fault a failure was: input, output or environment
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -94,26 +97,39 @@ class Summary:
 
 # -- find inputs ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Scan:
+    """How folders are scanned: into sub-folders or not, following links inside the tree or not."""
+
+    outdir: Path
+    recursive: bool
+    follow_symlinks: bool
+
+
 def plan_batch(inputs: Sequence[Path], outdir: Path, *, arity: int = 1, recursive: bool = False,
-               fmt: str = "same") -> Plan:
-    """Return the jobs for `inputs`: outputs mirror each input's relative path under `outdir`."""
+               fmt: str = "same", follow_symlinks: bool = False) -> Plan:
+    """Return the jobs for `inputs`: outputs mirror each input's relative path under `outdir`.
+
+    Links found in a folder are set aside unless `follow_symlinks`, and even then only followed
+    to files inside that folder (imgproc.links); a followed link's job reads its target.
+    """
     plan = Plan()
+    scan = _Scan(outdir, recursive, follow_symlinks)
     if arity == 1:
         for root in inputs:
-            for rel_inputs, rel in _entries(root, outdir, recursive, plan):
+            for rel_inputs, rel in _entries(root, scan, plan):
                 plan.jobs.append(Job(rel_inputs, outdir / rel.with_suffix(
                     output_suffix(rel, fmt))))
     else:
-        _pair(inputs, outdir, arity, recursive, fmt, plan)
+        _pair(inputs, scan, arity, fmt, plan)
     _reject_conflicts(plan)
     return plan
 
 
-def _entries(root: Path, outdir: Path, recursive: bool,
-             plan: Plan) -> Iterator[tuple[tuple[Path], Path]]:
+def _entries(root: Path, scan: _Scan, plan: Plan) -> Iterator[tuple[tuple[Path], Path]]:
     if root.is_dir() and not root.is_symlink():
-        for path in _scan(root, outdir, recursive, plan):
-            yield (path,), path.relative_to(root)
+        for path, source in _scan(root, scan, plan).items():
+            yield (source,), path.relative_to(root)
     elif root.is_symlink() and not root.exists():
         plan.rejected.append(Outcome((root,), None, "failed", "broken symlink"))
     elif root.exists():
@@ -123,51 +139,56 @@ def _entries(root: Path, outdir: Path, recursive: bool,
         plan.rejected.append(Outcome((root,), None, "failed", "no such file or directory"))
 
 
-def _scan(root: Path, outdir: Path, recursive: bool, plan: Plan) -> list[Path]:
-    found: list[Path] = []
-    skip_dir = outdir.resolve()
+def _scan(root: Path, scan: _Scan, plan: Plan) -> dict[Path, Path]:
+    """Return {path found: path to read} for the image files under `root`, in name order."""
+    found: dict[Path, Path] = {}
+    skip_dir = scan.outdir.resolve()
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         for name in sorted(files + dirs):
-            _consider(here / name, recursive, plan, found)
+            _consider(here / name, root, scan, plan, found)
         # Never descend into the output folder, hidden folders or symlinked folders.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (here / d).resolve() != skip_dir and not (here / d).is_symlink())
-        if not recursive:
+        if not scan.recursive:
             break
-    return sorted(found)
+    return dict(sorted(found.items()))
 
 
-def _consider(path: Path, recursive: bool, plan: Plan, found: list[Path]) -> None:
+def _consider(path: Path, root: Path, scan: _Scan, plan: Plan,
+              found: dict[Path, Path]) -> None:
     if path.name.startswith(".") or path.name.endswith(TEMP_SUFFIX):
         return
     if path.suffix.lower() not in SUFFIX_FORMATS:
         return
     if path.is_symlink():
-        plan.rejected.append(Outcome((path,), None, "skipped",
-                                     "symlink not followed in a folder scan (name it directly)"))
+        try:
+            found[path] = readable_path(path, root, follow=scan.follow_symlinks)
+        except ImageError as exc:
+            status: Status = "skipped" if exc.reason == NOT_FOLLOWED else "failed"
+            plan.rejected.append(Outcome((path,), None, status, exc.reason, fault="input"))
     elif path.is_dir():
-        if not recursive:
+        if not scan.recursive:
             plan.rejected.append(Outcome((path,), None, "skipped",
                                          "is a directory named like an image"))
     else:
-        found.append(path)
+        found[path] = path
 
 
-def _pair(inputs: Sequence[Path], outdir: Path, arity: int, recursive: bool, fmt: str,
-          plan: Plan) -> None:
+def _pair(inputs: Sequence[Path], scan: _Scan, arity: int, fmt: str, plan: Plan) -> None:
     if len(inputs) != arity:
         raise UsageError(f"this processor takes {arity} inputs (files or folders), "
                          f"got {len(inputs)}")
     if all(p.is_file() for p in inputs):
         first = inputs[0]
-        plan.jobs.append(Job(tuple(inputs), outdir / Path(first.name).with_suffix(
+        plan.jobs.append(Job(tuple(inputs), scan.outdir / Path(first.name).with_suffix(
             output_suffix(first, fmt))))
         return
     if not all(p.is_dir() for p in inputs):
         raise UsageError("inputs must be all files or all folders: "
                          + ", ".join(str(p) for p in inputs))
-    tables = [_by_stem(r, _scan(r, outdir, recursive, plan), plan) for r in inputs]
+    scans = [_scan(r, scan, plan) for r in inputs]
+    tables = [_by_stem(r, found, plan) for r, found in zip(inputs, scans, strict=True)]
     for key in sorted(set().union(*tables)):
         members = [t.get(key) for t in tables]
         if any(m is None for m in members):
@@ -177,17 +198,18 @@ def _pair(inputs: Sequence[Path], outdir: Path, arity: int, recursive: bool, fmt
                                          f"no partner in {', '.join(missing)}"))
             continue
         rel = members[0].relative_to(inputs[0])  # type: ignore[union-attr]
-        plan.jobs.append(Job(tuple(members), outdir / rel.with_suffix(  # type: ignore[arg-type]
-            output_suffix(rel, fmt))))
+        sources = tuple(found[m] for found, m in zip(scans, members, strict=True))  # type: ignore[index]
+        plan.jobs.append(Job(sources, scan.outdir / rel.with_suffix(output_suffix(rel, fmt))))
 
 
-def _by_stem(root: Path, paths: list[Path], plan: Plan) -> dict[Path, Path]:
+def _by_stem(root: Path, paths: Iterable[Path], plan: Plan) -> dict[Path, Path]:
     table: dict[Path, Path] = {}
     for path in paths:
         key = path.relative_to(root).with_suffix("")
         if key in table:
             plan.rejected.append(Outcome((path,), None, "failed", f"same name as {table[key]} "
-                                         "(inputs are paired by name without suffix)"))
+                                         "(inputs are paired by name without suffix)",
+                                         fault="input"))
         else:
             table[key] = path
     return table
@@ -233,11 +255,14 @@ def check_pipeline(steps: Sequence[Step]) -> None:
 
 def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
                 output: OutputSettings) -> Outcome:
-    """Return the outcome of running `steps` on one job; image errors become `failed`."""
+    """Return the outcome of running `steps` on one job. Never raises (but KeyboardInterrupt):
+    every fault at read, process or write becomes a `failed` outcome with its reason and whose
+    fault it was (docs/faults.md), so no image can end a batch or a daemon worker."""
     start = time.perf_counter()
-    contexts = [runtime.context(step.processor) for step in steps]
+    contexts: list[Context] = []
     names = "+".join(step.processor.name for step in steps)
     try:
+        contexts = [runtime.context(step.processor) for step in steps]
         pictures = [read_image(p, max_pixels=runtime.settings.max_image_pixels)
                     for p in job.inputs]
         for step, context in zip(steps, contexts, strict=True):
@@ -247,17 +272,26 @@ def process_one(job: Job, steps: Sequence[Step], runtime: Runtime,
                             webp_quality=output.webp_quality)
         extras = _write_extras(job.output, contexts, output)
     except ImageError as exc:
-        ms = (time.perf_counter() - start) * 1000
-        provider = _providers(contexts)
-        log.warning("image failed", path=str(exc.path), plugin=names, reason=exc.reason,
-                    ms=round(ms, 1), provider=provider)
-        return Outcome(job.inputs, job.output, "failed", exc.reason, ms, provider)
+        return _failed(job, exc.path, exc.reason, exc.fault, start, contexts, names)
+    except (Exception, SystemExit) as exc:  # a host bug or an unforeseen fault: this image only
+        log.exception("unexpected error", path=str(job.inputs[0]), plugin=names)
+        return _failed(job, job.inputs[0], f"unexpected {type(exc).__name__}: {exc}", "input",
+                       start, contexts, names)
     ms = (time.perf_counter() - start) * 1000
     provider = _providers(contexts)
     log.info("image done", path=str(job.inputs[0]), output=str(job.output), plugin=names,
              ms=round(ms, 1), provider=provider, **({"notes": notes} if notes else {}),
              **({"extras": [str(p) for p in extras]} if extras else {}))
     return Outcome(job.inputs, job.output, "done", None, ms, provider, tuple(extras))
+
+
+def _failed(job: Job, path: Path, reason: str, fault: Fault, start: float,
+            contexts: Sequence[Context], names: str) -> Outcome:
+    ms = (time.perf_counter() - start) * 1000
+    provider = _providers(contexts)
+    log.warning("image failed", path=str(path), plugin=names, reason=reason, fault=fault,
+                ms=round(ms, 1), provider=provider)
+    return Outcome(job.inputs, job.output, "failed", reason, ms, provider, fault=fault)
 
 
 def _write_extras(output: Path, contexts: Sequence[Context],
@@ -293,12 +327,15 @@ def _run(step: Step, pictures: list[Picture], context: Context, path: Path) -> P
         pixels = processor.process([p.pixels for p in pictures], options=dict(step.options),
                                    context=context)
     except ImageError as exc:  # the plugin does not know the path: name it here
-        raise ImageError(path, f"{processor.name}: {exc.reason}") from exc
-    except Exception as exc:  # a plugin bug fails this image, never the batch
+        raise type(exc)(path, f"{processor.name}: {exc.reason}") from exc
+    except SessionError as exc:  # the runtime failed, not the image: retried later
+        raise TransientError(path, f"{processor.name}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # a plugin bug fails this image, never the batch
         raise ImageError(path, f"{processor.name} failed: {type(exc).__name__}: {exc}") from exc
     _check_result(processor, pixels, path)
     first = pictures[0]
-    return Picture(np.asarray(pixels, dtype=np.float32), first.alpha, first.exif, first.icc)
+    return Picture(np.asarray(pixels, dtype=np.float32), first.alpha, first.exif, first.icc,
+                   first.depth)
 
 
 def _check_result(processor: Processor, pixels: object, path: Path) -> None:
@@ -307,6 +344,24 @@ def _check_result(processor: Processor, pixels: object, path: Path) -> None:
     if not ok:
         shape = getattr(pixels, "shape", type(pixels).__name__)
         raise ImageError(path, f"{processor.name} returned {shape}, expected an H x W x 1|3 array")
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create `folder` if needed and prove it writable with a probe file; raise UsageError
+    naming the folder and the reason otherwise (before any image is touched)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"output folder {folder}: a file is in the way") from None
+    except OSError as exc:
+        raise UsageError(f"output folder {folder} cannot be created: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".imgproc-probe-") as probe:
+            probe.write(b"probe")
+    except OSError as exc:
+        raise UsageError(f"output folder {folder} is not writable: {exc.strerror or exc}")\
+            from None
 
 
 def prepare(steps: Sequence[Step], runtime: Runtime) -> None:

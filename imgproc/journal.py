@@ -6,17 +6,26 @@ reads the journal to finish what was queued or running and to skip what is done.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import sqlite3
 import threading
+import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-State = Literal["queued", "running", "done", "failed", "quarantined", "superseded"]
-STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "quarantined", "superseded")
+from imgproc.sqlite_wal import open_wal, transaction
+
+State = Literal["queued", "running", "done", "failed", "waiting", "quarantined", "superseded"]
+STATES: tuple[State, ...] = ("queued", "running", "done", "failed", "waiting", "quarantined",
+                             "superseded")
+# failed: an input fault, retried and counted toward quarantine; waiting: an output or
+# environment fault (a folder in the way, a full disk), retried with backoff, never counted.
+_TO_DO = "('queued', 'failed', 'waiting')"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -39,6 +48,10 @@ CREATE TABLE IF NOT EXISTS inputs (
     UNIQUE (rule, path, sha256)
 );
 CREATE INDEX IF NOT EXISTS inputs_state ON inputs (state, next_try);
+CREATE TABLE IF NOT EXISTS rules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
 """
 
 
@@ -69,32 +82,41 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.row_factory = sqlite3.Row
+        # After a power cut the last commits may roll back: those inputs are processed again.
+        self._db = open_wal(self.path, _SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL loses nothing when the process is killed; only a power cut can roll back the
-        # last commits, and then those inputs are simply processed again.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._live: int | None = None
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (and drop the daemon's hold, if taken)."""
         with self._lock:
             self._db.close()
+        if self._live is not None:
+            os.close(self._live)
+            self._live = None
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def hold(self) -> None:
+        """Mark this journal as used by a live daemon until close() (a shared lock on a file
+        beside it, released by the kernel however the process ends)."""
+        self._live = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._live, fcntl.LOCK_SH)
+
+    def daemon_running(self) -> bool:
+        """Return True if a live daemon holds this journal (see hold())."""
+        fd = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     def admit(self, rule: str, path: Path, *, size: int, mtime_ns: int,
               sha256: str) -> Entry | None:
@@ -107,15 +129,15 @@ class Journal:
             if row is None:
                 # Older content of this path still waiting or failing will never be seen again.
                 db.execute("UPDATE inputs SET state='superseded' WHERE rule=? AND path=? AND"
-                           " state IN ('queued', 'failed')", (rule, str(path)))
+                           f" state IN {_TO_DO}", (rule, str(path)))
                 cursor = db.execute(
                     "INSERT INTO inputs (rule, path, size, mtime_ns, sha256, state, detected_at)"
                     " VALUES (?, ?, ?, ?, ?, 'queued', ?)",
                     (rule, str(path), size, mtime_ns, sha256, now))
                 row = db.execute("SELECT * FROM inputs WHERE id=?",
                                  (cursor.lastrowid,)).fetchone()
-            elif not _due(row, now):
-                return None
+            elif row["state"] not in ("queued", "failed", "waiting"):
+                return None  # the daemon schedules retries itself; after a restart all are due
         return _entry(row)
 
     def start(self, entry_id: int, output: Path) -> bool:
@@ -123,7 +145,7 @@ class Journal:
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE inputs SET state='running', attempts=attempts+1, runs=runs+1, output=?,"
-                " started_at=? WHERE id=? AND state IN ('queued', 'failed')",
+                f" started_at=? WHERE id=? AND state IN {_TO_DO}",
                 (str(output), time.time(), entry_id))
             return cursor.rowcount == 1
 
@@ -137,9 +159,40 @@ class Journal:
         self._set(entry_id, "state=?, error=?, next_try=?, finished_at=?",
                   (state, error, retry_at or 0.0, time.time()))
 
-    def requeue(self, entry_id: int) -> None:
-        """Put an entry back in the queue without counting an attempt (stopped mid-way)."""
-        self._set(entry_id, "state='queued', attempts=MAX(attempts-1, 0)", ())
+    def wait(self, entry_id: int, error: str, *, retry_at: float) -> None:
+        """Mark an entry waiting on an output or environment fault: retried at `retry_at`, the
+        attempt not counted against the input."""
+        self._set(entry_id, "state='waiting', attempts=MAX(attempts-1, 0), error=?, next_try=?,"
+                  " finished_at=?", (error, retry_at, time.time()))
+
+    def supersede(self, entry_id: int) -> None:
+        """Mark an entry superseded: its content changed under it (still being written)."""
+        self._set(entry_id, "state='superseded', attempts=MAX(attempts-1, 0)", ())
+
+    def record_rule(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Remember a watch rule (what `imgproc status` needs to count a folder's backlog)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO rules (name, spec) VALUES (?, ?)",
+                       (name, json.dumps(spec)))
+
+    def rules(self) -> dict[str, dict[str, Any]]:
+        """Return every watch rule a daemon has run with this journal, by name."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, spec FROM rules ORDER BY name").fetchall()
+        return {row["name"]: json.loads(row["spec"]) for row in rows}
+
+    def known_paths(self, rule: str) -> set[str]:
+        """Return every input path of `rule` the journal has an entry for."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT path FROM inputs WHERE rule=?", (rule,))
+            return {row[0] for row in rows.fetchall()}
+
+    def waiting(self) -> list[Entry]:
+        """Return the entries waiting on an output or environment fault, soonest retry first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM inputs WHERE state='waiting'"
+                                    " ORDER BY next_try").fetchall()
+        return [_entry(r) for r in rows]
 
     def _set(self, entry_id: int, assignments: str, values: tuple[Any, ...]) -> None:
         with self._tx() as db:
@@ -163,11 +216,11 @@ class Journal:
         return done, queued
 
     def pending(self, rule: str) -> list[Entry]:
-        """Return a rule's entries still to do: queued, or failed and due for a retry."""
+        """Return a rule's entries still to do: queued, or failed or waiting for a retry."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM inputs WHERE rule=? AND (state='queued' OR state='failed')"
-                " ORDER BY id", (rule,)).fetchall()
+                f"SELECT * FROM inputs WHERE rule=? AND state IN {_TO_DO} ORDER BY id",
+                (rule,)).fetchall()
         return [_entry(r) for r in rows]
 
     def entries(self, *, path: Path | None = None) -> list[Entry]:
@@ -187,18 +240,12 @@ class Journal:
         return {state: found.get(state, 0) for state in STATES}
 
     def last_errors(self, limit: int = 10) -> list[Entry]:
-        """Return the most recent failed or quarantined entries."""
+        """Return the most recent failed, waiting or quarantined entries."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM inputs WHERE state IN ('failed', 'quarantined')"
+                "SELECT * FROM inputs WHERE state IN ('failed', 'waiting', 'quarantined')"
                 " ORDER BY finished_at DESC LIMIT ?", (limit,)).fetchall()
         return [_entry(r) for r in rows]
-
-
-def _due(row: sqlite3.Row, now: float) -> bool:
-    # The daemon schedules retries itself; next_try is shown by `imgproc status`, and after a
-    # restart a failed entry is due at once.
-    return row["state"] in ("queued", "failed")
 
 
 def _entry(row: sqlite3.Row) -> Entry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class Option:
                               f"expected {self.type.__name__}, got {raw!r}") from None
 
     def _check(self, value: Any, processor: str) -> None:
+        if self.type is float and not math.isfinite(value):
+            raise OptionError(processor, self.name, f"must be a finite number, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise OptionError(processor, self.name,
                               f"{value!r} is not one of {', '.join(self.choices)}")

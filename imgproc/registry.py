@@ -115,7 +115,8 @@ def _register(pm: pluggy.PluginManager, registry: Registry, name: str,
               dist: tuple[str, str], load: Any) -> None:
     try:
         pm.register(load(), name=name)
-    except Exception as exc:  # a broken third-party plugin must not take the host down
+    except BaseException as exc:  # noqa: B036 - a plugin's sys.exit() or KeyboardInterrupt at
+        # import must not take the host down (or end `imgproc --help`): it is set aside too
         _fail(registry, name, dist[0], f"could not load: {type(exc).__name__}: {exc}")
         return
     try:
@@ -160,11 +161,13 @@ def _call_each(pm: pluggy.PluginManager, registry: Registry,
                sources: dict[str, tuple[str, str]], hook: str) -> Iterator[tuple[Any, list]]:
     for impl in getattr(pm.hook, hook).get_hookimpls():
         try:
-            yield impl, list(impl.function())
-        except Exception as exc:  # same: one plugin's bug is its own
+            found = list(impl.function())
+        except BaseException as exc:  # noqa: B036 - same: one plugin's bug is its own
             dist = sources.get(impl.plugin_name, ("unknown",))[0]
             _fail(registry, impl.plugin_name, dist, f"{hook}() raised "
                   f"{type(exc).__name__}: {exc}")
+        else:
+            yield impl, found
 
 
 def _add(registry: Registry, entry: Registered) -> None:

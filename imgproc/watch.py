@@ -2,10 +2,16 @@
 
 Events from a watchdog observer (or a start-up scan, or the journal) name candidate files. The
 Settler holds each candidate until it is complete: the close-after-write event where the
-platform has it, otherwise size and mtime unchanged for `settle_seconds`. Complete files go
-through a bounded queue to worker threads, which admit them through the journal (one entry per
-rule, path and content hash, so duplicates are dropped) and run the same `process_one` as
-`imgproc run`.
+platform has it, otherwise size and mtime unchanged for `settle_seconds`, and in both cases no
+process holding it open for writing where the platform can tell (imgproc.inflight). Complete
+files go through a bounded queue to worker threads, which admit them through the journal (one
+entry per rule, path and content hash, so duplicates are dropped) and run the same
+`process_one` as `imgproc run`.
+
+Faults (docs/faults.md): an input fault counts as an attempt and quarantines the file after
+`max_attempts`, unless the file changed or is still open for writing (then it was incomplete:
+wait for it to settle); output and environment faults are retried with backoff, uncounted and
+never quarantined. A worker survives any exception and never leaves an entry running.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import fnmatch
 import hashlib
 import heapq
 import os
+import time
 import queue
 import shutil
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +42,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from imgproc.batch import Job, Step, check_pipeline, prepare, process_one
-from imgproc.config import DaemonSettings, OutputSettings, WatchRule
-from imgproc.errors import UsageError
+from imgproc.batch import Job, Outcome, Step, check_output_folder, check_pipeline, prepare, \
+    process_one
+from imgproc.config import DaemonSettings, OutputSettings, WatchRule, parse_watch_rule
+from imgproc.errors import ImageError, UsageError
 from imgproc.images import TEMP_SUFFIX, output_suffix
-from imgproc.journal import Journal
+from imgproc.inflight import being_written
+from imgproc.journal import Entry, Journal
+from imgproc.links import readable_path
 from imgproc.registry import Registry
 from imgproc.runtime import Runtime
 
@@ -84,6 +93,42 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def inputs_of(watch: Watch) -> Iterator[Path]:
+    """Yield the files in a rule's folder that it would take, in name order, never descending
+    hidden folders or folders behind links."""
+    for folder, dirs, files in os.walk(watch.rule.input):  # followlinks=False
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if watch.wants(here / name):
+                yield here / name
+        if not watch.rule.recursive:
+            break
+
+
+def rule_spec(rule: WatchRule) -> dict[str, Any]:
+    """Return what `imgproc status` needs of a rule to count its backlog, as JSON-ready data."""
+    return {"input": str(rule.input), "output": str(rule.output), "plugins": list(rule.plugins),
+            "recursive": rule.recursive, "patterns": list(rule.patterns),
+            "format": rule.format, "follow_symlinks": rule.follow_symlinks,
+            "done_folder": str(rule.done_dir()), "quarantine": str(rule.quarantine_dir()),
+            "cwd": os.getcwd()}
+
+
+def backlog(journal: Journal) -> dict[str, int]:
+    """Return, per rule a daemon ran with this journal, how many files in its folder have no
+    journal entry and no output yet (counted now, by scanning the folder)."""
+    counts = {}
+    for name, spec in journal.rules().items():
+        cwd = Path(spec.pop("cwd", "."))
+        rule = parse_watch_rule(spec, base=cwd)
+        known = {cwd / p for p in journal.known_paths(name)}
+        watch = Watch(rule, ())
+        counts[name] = sum(1 for path in inputs_of(watch)
+                           if path not in known and not watch.output_for(path).exists())
+    return counts
+
+
 def build_watches(rules: Sequence[WatchRule], registry: Registry,
                   defaults: Mapping[str, Mapping[str, Any]]) -> list[Watch]:
     """Return each rule bound to its processors, options resolved (defaults < config < rule)."""
@@ -113,6 +158,7 @@ def check_watches(watches: Sequence[Watch]) -> None:
                              "outputs would be read back as inputs")
         if not rule.input.is_dir():
             raise UsageError(f"watch {rule.input}: input folder does not exist")
+        check_output_folder(rule.output)
 
 
 @dataclass
@@ -176,7 +222,12 @@ class Settler:
             cand.size, cand.mtime_ns, cand.since, cand.closed = *stat, now, False
             return False
         wait = 0.0 if cand.closed else self.settle_seconds
-        return now - cand.since >= wait
+        if now - cand.since < wait:
+            return False
+        if being_written(path):  # a writer paused with the file open: not complete
+            cand.since, cand.closed = now, False
+            return False
+        return True
 
     def idle(self) -> bool:
         """Return True when no candidate and no retry is waiting."""
@@ -242,6 +293,8 @@ class Daemon:
         for watch in self.watches:
             prepare(watch.steps, self.runtime)  # models and fixed images, as `imgproc run` does
             _sweep_temporaries(watch.rule.output)
+            self.journal.record_rule(watch.rule.name, rule_spec(watch.rule))
+        self.journal.hold()
         done, queued = self.journal.recover()
         log.info("daemon starting", rules=len(self.watches), recovered_done=done,
                  recovered_queued=queued)
@@ -300,10 +353,8 @@ class Daemon:
     def _scan(self, index: int, watch: Watch) -> None:
         for entry in self.journal.pending(watch.rule.name):
             self.settler.note(index, Path(entry.path))
-        pattern = "**/*" if watch.rule.recursive else "*"
-        for path in sorted(watch.rule.input.glob(pattern)):
-            if watch.wants(path):
-                self.settler.note(index, path)
+        for path in inputs_of(watch):
+            self.settler.note(index, path)
 
     # -- threads --------------------------------------------------------------------------
 
@@ -330,6 +381,8 @@ class Daemon:
                 continue
             try:
                 self._handle(self.watches[index], index, path)
+            except Exception:  # a worker never dies: the next file is still processed
+                log.exception("worker error, going on", path=str(path))
             finally:
                 with self._busy_lock:
                     self._busy -= 1
@@ -337,11 +390,16 @@ class Daemon:
     # -- one file -------------------------------------------------------------------------
 
     def _handle(self, watch: Watch, index: int, path: Path) -> None:
-        facts = _fingerprint(path)
+        try:  # a link is judged by its target now, not when it was detected
+            source = readable_path(path, watch.rule.input, follow=watch.rule.follow_symlinks)
+        except ImageError as exc:
+            log.warning("set aside", path=str(path), reason=exc.reason)
+            return
+        facts = _fingerprint(source)
         if facts is None:
             return
         size, mtime_ns, digest = facts
-        if _stat(path) != (size, mtime_ns):  # changed while hashing: not complete yet
+        if _stat(source) != (size, mtime_ns):  # changed while hashing: not complete yet
             self.settler.note(index, path)
             return
         entry = self.journal.admit(watch.rule.name, path, size=size, mtime_ns=mtime_ns,
@@ -353,12 +411,39 @@ class Daemon:
         if not self.journal.start(entry.id, output):
             return
         log.info("started", path=str(path), rule=watch.rule.name, attempt=entry.attempts + 1)
-        outcome = process_one(Job((path,), output), watch.steps, self.runtime, self.output)
+        try:
+            outcome = process_one(Job((source,), output), watch.steps, self.runtime, self.output)
+            self._record(watch, index, path, entry, outcome, (size, mtime_ns))
+        except Exception as exc:  # the journal or a move failed: never leave the entry running
+            log.exception("could not record the outcome", path=str(path))
+            self._wait(index, path, entry, f"{type(exc).__name__}: {exc}", "environment")
+
+    def _record(self, watch: Watch, index: int, path: Path, entry: Entry, outcome: Outcome,
+                read: tuple[int, int]) -> None:
         if outcome.status == "done":
             self.journal.finish(entry.id, ms=outcome.ms)
             self._after(watch, path)
-            return
-        self._failed(watch, index, path, entry.id, entry.attempts + 1, outcome.reason or "")
+        elif outcome.fault in ("output", "environment"):
+            self._wait(index, path, entry, outcome.reason or "", outcome.fault)
+        elif _stat(path) != read or being_written(path):
+            # Read while a writer still held it: incomplete, not bad. Not an attempt, not moved.
+            self.journal.supersede(entry.id)
+            log.info("changed while processed, waiting for it to settle", path=str(path),
+                     reason=outcome.reason)
+            self.settler.note(index, path)
+        else:
+            self._failed(watch, index, path, entry.id, entry.attempts + 1, outcome.reason or "")
+
+    def _wait(self, index: int, path: Path, entry: Entry, reason: str, fault: str) -> None:
+        """Retry later an image that failed through no fault of its own, uncounted."""
+        waits = entry.runs - entry.attempts + 1  # this entry's uncounted failures so far
+        delay = min(self.settings.retry_backoff * 2 ** (waits - 1), self.settings.max_backoff)
+        try:
+            self.journal.wait(entry.id, reason, retry_at=time.time() + delay)
+        finally:
+            self.settler.retry_at(time.monotonic() + delay, index, path)
+        log.warning("waiting on a fault that is not the input's, will retry", path=str(path),
+                    fault=fault, reason=reason, retry_in_s=round(delay, 2))
 
     def _after(self, watch: Watch, path: Path) -> None:
         rule = watch.rule

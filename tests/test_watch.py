@@ -373,4 +373,4 @@ def test_a_burst_is_processed_with_none_missed(start: Callable[..., Daemon],
     _settled(daemon, done=150, quarantined=1)
     assert len(list(outbox.iterdir())) == 150
     assert daemon.journal.counts() == {"queued": 0, "running": 0, "done": 150, "failed": 0,
-                                       "quarantined": 1, "superseded": 0}
+                                       "waiting": 0, "quarantined": 1, "superseded": 0}

@@ -162,3 +162,31 @@ def test_a_burst_of_1000_files_none_missed_memory_bounded(root: Path) -> None:
     assert len(quarantined) == 10
     assert all("truncated or corrupt" in p.read_text() for p in quarantined)
     assert peak_kib - idle_kib < 150 * 1024, f"grew from {idle_kib} KiB to {peak_kib} KiB"
+
+
+def _status(root: Path) -> dict:
+    result = subprocess.run([sys.executable, "-m", "imgproc.cli", "status", "--journal",
+                             str(root / "journal.sqlite"), "--json"], cwd=root,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_status_after_kill_9_shows_the_backlog(root: Path) -> None:
+    daemon = DaemonProcess(root, "-p", "slow", "-O", "seconds=1.5", log_name="first.log")
+    daemon.wait_for(lambda: any(e["event"] == "daemon starting" for e in daemon.events()))
+    _drop(root / "in", 6)
+    daemon.wait_for(lambda: any(e["event"] == "started" for e in daemon.events()))
+    live = _status(root)
+    assert live["daemon_running"] is True
+    daemon.proc.kill()
+    daemon.proc.wait()
+    report = _status(root)
+    assert report["daemon_running"] is False
+    assert report["counts"]["running"] == 1  # left by the killed daemon, re-run at next start
+    assert report["backlog"] == {"in": 5}  # no entry and no output yet: invisible before
+    text = subprocess.run([sys.executable, "-m", "imgproc.cli", "status", "--journal",
+                           str(root / "journal.sqlite")], cwd=root, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "backlog in: 5 file(s) with no entry and no output yet" in text
+    assert "left running by a stopped daemon" in text

@@ -30,6 +30,15 @@ def explode(images: list[np.ndarray], *, options: dict[str, Any], context: Any) 
     raise RuntimeError("boom")
 
 
+_FAULTS: dict[str, type[BaseException]] = {"runtime": RuntimeError, "memory": MemoryError,
+                                           "exit": SystemExit}
+
+
+def fault(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
+    """Raise the exception named by `kind`, as a plugin with a bug (or a sys.exit) would."""
+    raise _FAULTS[options["kind"]]("injected fault")
+
+
 def slow(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
     """Return the image after sleeping, so a test can kill a daemon in the middle of one."""
     time.sleep(options["seconds"])
@@ -58,6 +67,9 @@ def imgproc_processors() -> list[Processor]:
         Processor("mean2", "Average two images.", mean2, inputs=2,
                   options=(Option("with", str, None, "one fixed second image", image=True),)),
         Processor("explode", "Always raise.", explode),
+        Processor("fault", "Always raise the exception named by kind.", fault,
+                  options=(Option("kind", str, "runtime", "exception to raise",
+                                  choices=tuple(_FAULTS)),)),
         Processor("grey", "Return a one-channel grey image.", grey),
         Processor("annotate", "Return the image; write a mask and a note beside it.", annotate),
         Processor("slow", "Sleep, then return the image.", slow,
