@@ -35,6 +35,12 @@ class Env:
         return load_registry(plugins_dir=self.plugins_dir)
 
 
+class _UsageError(click.ClickException):
+    """A request that cannot run as given: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
 class _Group(click.Group):
     """Adds plugins' commands, and turns the library's typed errors into messages: usage
     errors exit 2, the rest 1."""
@@ -49,7 +55,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            raise _UsageError(str(exc)) from None
         except ImgprocError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -95,6 +101,8 @@ def _complete_plugin(ctx: click.Context, param: click.Parameter,
 @click.option("--output", "-o", "outdir", required=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow links found in folders (only to files inside the same folder).")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format [same].")
 @click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
@@ -103,8 +111,9 @@ def _complete_plugin(ctx: click.Context, param: click.Parameter,
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.pass_obj
 def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...],
-        outdir: Path, recursive: bool, skip_existing: bool, fmt: str | None,
-        provider: str | None, workers: int | None, dry_run: bool, as_json: bool) -> None:
+        outdir: Path, recursive: bool, follow_symlinks: bool, skip_existing: bool,
+        fmt: str | None, provider: str | None, workers: int | None, dry_run: bool,
+        as_json: bool) -> None:
     """Run a processor over INPUT files and folders, writing into OUTDIR."""
     from imgproc import batch
     from imgproc.runtime import Runtime
@@ -118,10 +127,12 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
         raise UsageError(f"--option: {exc}") from None
     values = processor.resolve_options(config.plugins.get(plugin, {}), cli_options)
     plan = batch.plan_batch(list(inputs), outdir, arity=processor.arity(values),
-                            recursive=recursive, fmt=config.output.format)
+                            recursive=recursive, fmt=config.output.format,
+                            follow_symlinks=follow_symlinks)
     if dry_run:
         _report_plan(plan, skip_existing, as_json)
         sys.exit(1 if any(o.status == "failed" for o in plan.rejected) else 0)
+    batch.check_output_folder(outdir)
     with _progress(len(plan.jobs), enabled=not as_json) as tick:
         summary = batch.run_batch(plan, [batch.Step(processor, values)], Runtime(config.runtime),
                                   config.output, workers=config.runtime.workers,

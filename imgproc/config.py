@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -86,13 +87,15 @@ class DaemonSettings:
     journal: str = ""  # "" = $XDG_STATE_HOME/imgproc/journal.sqlite
     max_attempts: int = 3
     retry_backoff: float = 2.0  # seconds before the first retry, doubled for each next one
+    max_backoff: float = 300.0  # longest wait between retries of an output or environment fault
     queue_size: int = 64  # complete files waiting for a worker: bounds memory under a burst
     settle_seconds: float = 0.5  # size and mtime unchanged this long = complete (no close event)
 
     def __post_init__(self) -> None:
         _at_least("daemon.max_attempts", self.max_attempts, 1)
         _at_least("daemon.queue_size", self.queue_size, 1)
-        for name in ("retry_backoff", "settle_seconds"):
+        for name in ("retry_backoff", "settle_seconds", "max_backoff"):
+            _finite(f"daemon.{name}", getattr(self, name))
             if getattr(self, name) < 0:
                 raise ConfigError(f"daemon.{name}", "must not be negative")
 
@@ -176,6 +179,7 @@ class WatchRule:
     format: str = "same"
     poll: bool = False
     poll_interval: float = 1.0
+    follow_symlinks: bool = False  # links inside the folder, to files inside it (imgproc.links)
 
     def __post_init__(self) -> None:
         _choice("watch.after", self.after, AFTER)
@@ -183,6 +187,7 @@ class WatchRule:
         if not self.plugins:
             raise ConfigError("watch.plugins", "name a plugin (plugin = ...) or a pipeline "
                               "(plugins = [...])")
+        _finite("watch.poll_interval", self.poll_interval)
         if self.poll_interval <= 0:
             raise ConfigError("watch.poll_interval", "must be positive")
 
@@ -203,7 +208,7 @@ class WatchRule:
 _RULE_TYPES: dict[str, type | tuple[type, ...]] = {
     "input": str, "output": str, "plugin": str, "plugins": list, "options": dict,
     "recursive": bool, "patterns": list, "after": str, "done_folder": str, "quarantine": str,
-    "format": str, "poll": bool, "poll_interval": (int, float),
+    "format": str, "poll": bool, "poll_interval": (int, float), "follow_symlinks": bool,
 }
 
 
@@ -240,7 +245,8 @@ def parse_watch_rule(data: Mapping[str, Any], *, base: Path | None = None,
             patterns=tuple(_strings(f"{key}.patterns", data.get("patterns", IMAGE_PATTERNS))),
             after=data.get("after", "keep"), done_folder=path("done_folder"),
             quarantine=path("quarantine"), format=data.get("format", "same"),
-            poll=data.get("poll", False), poll_interval=float(data.get("poll_interval", 1.0)))
+            poll=data.get("poll", False), poll_interval=float(data.get("poll_interval", 1.0)),
+            follow_symlinks=data.get("follow_symlinks", False))
     except ConfigError as exc:
         raise ConfigError(exc.key.replace("watch.", f"{key}."), exc.reason) from None
 
@@ -363,6 +369,11 @@ def _table(key: str, value: Any, source: Path | None) -> Mapping[str, Any]:
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+Fault = Literal["input", "output", "environment"]
 
 
 class ImgprocError(Exception):
@@ -51,9 +54,32 @@ class ModelError(ImgprocError):
 
 
 class ImageError(ImgprocError):
-    """One image could not be read, processed or written; the batch goes on."""
+    """One image could not be read, processed or written; the batch goes on.
+
+    `fault` says whose fault it is (docs/faults.md): this class is an *input* fault (the file is
+    bad, or a plugin failed on it); the subclasses below are output and environment faults.
+    """
+
+    fault: Fault = "input"
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class OutputError(ImageError):
+    """The output could not be written where it goes (a folder in the way, permission denied)."""
+
+    fault: Fault = "output"
+
+
+class TransientError(ImageError):
+    """The environment failed (disk full, I/O error, read-only file system, a model session
+    that raised): not the input's fault, worth retrying later."""
+
+    fault: Fault = "environment"
+
+
+class SessionError(ImgprocError):
+    """A model session raised while running; the host names the image and retries it later."""

@@ -15,7 +15,7 @@ import numpy as np
 import structlog
 
 from imgproc.cuda import cuda_status
-from imgproc.errors import ModelError, ProviderError, RuntimeMissing
+from imgproc.errors import ModelError, ProviderError, RuntimeMissing, SessionError
 from imgproc.processor import ModelFile
 
 if TYPE_CHECKING:
@@ -118,8 +118,15 @@ class Session:
     inner: onnxruntime.InferenceSession
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Return the model's outputs for named inputs (thread-safe, as ONNX Runtime is)."""
-        return list(self.inner.run(None, dict(feeds)))
+        """Return the model's outputs for named inputs (thread-safe, as ONNX Runtime is).
+
+        Raises SessionError when ONNX Runtime fails (out of memory, a device error): the host
+        reports it as an environment fault and the daemon retries the image later."""
+        try:
+            return list(self.inner.run(None, dict(feeds)))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise SessionError(f"model {self.model.name} on {self.provider} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
 
 class SessionPool:
