@@ -292,6 +292,36 @@ def status(env: Env, journal: Path | None, as_json: bool) -> None:
         click.echo(f"{e.state} {e.path} (attempt {e.attempts}): {e.error}")
 
 
+@cli.command()
+@click.option("--host", help="Address to listen on [127.0.0.1]; others need a token.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port [8000].")
+@click.option("--token", envvar="IMGPROC_TOKEN", help="Bearer token every /v1 route requires "
+              "(default: $IMGPROC_TOKEN, then serve.token).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Jobs and uploads [serve.data_dir].")
+@click.option("--max-upload-mb", type=click.IntRange(min=1), help="Largest upload [50].")
+@click.option("--workers", type=click.IntRange(min=1), help="Images processed at once [1].")
+@click.option("--queue-size", type=click.IntRange(min=1),
+              help="Images accepted and unfinished before 429 [32].")
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
+@click.pass_obj
+def serve(env: Env, host: str | None, port: int | None, token: str | None,
+          data_dir: Path | None, max_upload_mb: int | None, workers: int | None,
+          queue_size: int | None, provider: str | None) -> None:
+    """Serve the HTTP API (/v1, docs at /docs) and the web page (/) until Ctrl-C or SIGTERM.
+
+    Needs `pip install 'imgproc[serve]'`. Jobs are kept under --data-dir and resume after a
+    restart.
+    """
+    from imgproc.serve.server import run_server
+
+    config = env.config.replace("runtime", provider=provider).replace(
+        "serve", host=host, port=port, token=token, max_upload_mb=max_upload_mb,
+        workers=workers, queue_size=queue_size,
+        data_dir=str(data_dir.resolve()) if data_dir else None)
+    run_server(config, registry=env.registry())
+
+
 def _describe(registry: Registry) -> dict[str, Any]:
     processors = [{
         "name": r.processor.name, "summary": r.processor.summary, "plugin": r.plugin,
