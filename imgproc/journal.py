@@ -240,10 +240,10 @@ class Journal:
         return {state: found.get(state, 0) for state in STATES}
 
     def last_errors(self, limit: int = 10) -> list[Entry]:
-        """Return the most recent failed, waiting or quarantined entries."""
+        """Return the most recent failed or quarantined entries (see waiting() for the rest)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM inputs WHERE state IN ('failed', 'waiting', 'quarantined')"
+                "SELECT * FROM inputs WHERE state IN ('failed', 'quarantined')"
                 " ORDER BY finished_at DESC LIMIT ?", (limit,)).fetchall()
         return [_entry(r) for r in rows]
 
