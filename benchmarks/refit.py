@@ -19,7 +19,7 @@ from PIL import Image
 from skimage import data
 from timing import best_time  # benchmarks/ is on sys.path (run.py)
 
-from exporters.superres import psnr_y
+from exporters.superres_metrics import psnr_y
 from imgproc_plugins import siren
 
 BUDGET_S = 60.0

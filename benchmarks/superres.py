@@ -28,17 +28,10 @@ from PIL import Image
 from skimage import data as skimage_data
 from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
-from exporters.superres import (
-    bicubic_upscale,
-    build_model,
-    list_images,
-    load_rgb,
-    load_trained,
-    make_lr,
-    psnr_y,
-    single_scale,
-    ssim_y,
-)
+from exporters.superres import load_trained
+from exporters.superres_data import list_images, load_rgb, make_lr
+from exporters.superres_metrics import bicubic_upscale, psnr_y, ssim_y
+from exporters.superres_net import build_model, single_scale
 from imgproc_plugins.superres import MODEL_SCALES, MODEL_SIZES, MODELS, model_name, upscale_fn
 
 # The x4 output of the 4000x3000 photo is 192 MP: past Pillow's bomb guard, which the host

@@ -23,16 +23,26 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 import torch.fx.experimental._config as fx_config
 
+from exporters.model_card import (
+    Checked,
+    ExportResult,
+    ModelCard,
+    card_markdown,
+    fmt_shape,
+    graph_values,
+    opset_of,
+    sidecar,
+)
+from exporters.onnx_weights import load_exported_weights
+from exporters.training import count_parameters
 from imgproc.session import sha256_file  # the host checks models with the same digest
 
 __all__ = [
@@ -80,38 +90,13 @@ class ParityError(ExportError):
 
     def __init__(self, model: str, shapes: Mapping[str, Shape], max_abs_error: float,
                  *, atol: float, rtol: float, reason: str) -> None:
-        sizes = ", ".join(f"{name}={_fmt_shape(shape)}" for name, shape in shapes.items())
+        sizes = ", ".join(f"{name}={fmt_shape(shape)}" for name, shape in shapes.items())
         super().__init__(model, f"parity failed on inputs {sizes}: {reason} (max abs error "
                                 f"{max_abs_error:.3g}, atol={atol:g}, rtol={rtol:g})")
         self.shapes = dict(shapes)
         self.max_abs_error = max_abs_error
         self.atol = atol
         self.rtol = rtol
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a human and the host need to know about one exported model."""
-
-    name: str
-    summary: str
-    architecture: str
-    training_data: str
-    training_steps: str
-    metrics: dict[str, float | str]
-    facts: dict[str, object]
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """The files one export wrote and the figures it measured."""
-
-    onnx_path: Path
-    card_path: Path
-    facts_path: Path
-    sha256: str
-    parameters: int
-    max_abs_error: float
 
 
 def check_parity(module: torch.nn.Module, onnx_path: Path, inputs: Inputs, *,
@@ -175,42 +160,11 @@ def export_model(
         parameters=count_parameters(module),
         max_abs_error=max_error,
     )
-    checked = _Checked(atol, rtol, [_first_shape(inputs) for inputs in parity_sets])
-    sidecar = _sidecar(card, result, model, checked)
-    result.facts_path.write_text(json.dumps(sidecar, indent=2, allow_nan=False) + "\n")
-    result.card_path.write_text(_card_markdown(card, result, model, checked))
+    checked = Checked(atol, rtol, [_first_shape(inputs) for inputs in parity_sets])
+    facts = sidecar(card, result, model, checked)
+    result.facts_path.write_text(json.dumps(facts, indent=2, allow_nan=False) + "\n")
+    result.card_path.write_text(card_markdown(card, result, model, checked))
     return result
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Return the number of parameter elements (shared parameters counted once)."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def load_exported_weights(module: torch.nn.Module, paths: Sequence[Path],
-                          prefix: str = "") -> None:
-    """Load module's parameters and buffers from the initializers of exported ONNX files (the
-    way to continue training a shipped model whose checkpoints are gone). Each of the module's
-    tensors must be an initializer named `prefix + its state-dict name` in at least one file,
-    and files that share a name must agree on it. Raises ValueError naming what is missing:
-    export may fold small weights into new constants, which makes a file unusable here."""
-    found: dict[str, torch.Tensor] = {}
-    for path in paths:
-        for init in onnx.load(str(path)).graph.initializer:
-            if not init.name.startswith(prefix):
-                continue
-            name = init.name.removeprefix(prefix)
-            value = torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
-            if name in found and not torch.equal(found[name], value):
-                raise ValueError(f"{path} disagrees with an earlier file on {name}")
-            found[name] = value
-    wanted = module.state_dict()
-    missing = [name for name in wanted if name not in found]
-    if missing:
-        raise ValueError(f"{', '.join(str(p) for p in paths)} do not hold {', '.join(missing)} "
-                         f"by name (the export folded them into constants, or it is another "
-                         f"network)")
-    module.load_state_dict({name: found[name] for name in wanted})
 
 
 # --- request checks: fail before the slow export, with the model's name -------------------
@@ -259,7 +213,7 @@ def _check_axes(model: str, example_inputs: Inputs, output_names: Sequence[str],
         for axis, dim in axes.items():
             if rank is not None and not 0 <= axis < rank:
                 raise ExportError(model, f"dynamic axis {axis} of {tensor!r} is out of range "
-                                         f"for shape {_fmt_shape(example_inputs[tensor].shape)}")
+                                         f"for shape {fmt_shape(example_inputs[tensor].shape)}")
             if not dim.isidentifier():
                 raise ExportError(model, f"dynamic axis name {dim!r} of {tensor!r} must be "
                                          f"an identifier")
@@ -363,7 +317,7 @@ def _checked_model(path: Path, model: str, opset: int,
         raise ExportError(model, f"onnx.checker rejects the exported graph{hint}: {exc}"
                           ) from exc
     proto = onnx.load(str(path))
-    got = _opset(proto)
+    got = opset_of(proto)
     if got != opset:
         # The dynamo exporter builds opset 18 and converts down; it keeps 18 if that fails.
         raise ExportError(model, f"exported graph has opset {got}, not the requested {opset}")
@@ -374,8 +328,8 @@ def _checked_model(path: Path, model: str, opset: int,
 def _check_graph_axes(proto: onnx.ModelProto, model: str,
                       dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
     """Return None when every declared dynamic axis is symbolic in the graph, not a number."""
-    shapes = {value["name"]: value["shape"] for value in _values(proto.graph.input)}
-    shapes |= {value["name"]: value["shape"] for value in _values(proto.graph.output)}
+    shapes = {value["name"]: value["shape"] for value in graph_values(proto.graph.input)}
+    shapes |= {value["name"]: value["shape"] for value in graph_values(proto.graph.output)}
     for tensor, axes in dynamic_axes.items():
         shape = shapes.get(tensor)
         if shape is None:
@@ -384,23 +338,6 @@ def _check_graph_axes(proto: onnx.ModelProto, model: str,
             if axis >= len(shape) or not isinstance(shape[axis], str):
                 raise ExportError(model, f"axis {axis} of {tensor!r} was declared dynamic but "
                                          f"the exported graph fixes its shape to {shape}")
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    """Return the default-domain (ai.onnx) opset version of a model."""
-    return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
-
-
-def _values(infos: Sequence[onnx.ValueInfoProto]) -> list[dict[str, object]]:
-    """Return name, shape (symbolic dims as strings) and dtype of graph inputs or outputs."""
-    values = []
-    for info in infos:
-        tensor_type = info.type.tensor_type
-        shape = [dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else "?")
-                 for dim in tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        values.append({"name": info.name, "shape": shape, "dtype": dtype})
-    return values
 
 
 # --- parity -----------------------------------------------------------------------------------
@@ -435,8 +372,8 @@ def _parity(module: torch.nn.Module, session: ort.InferenceSession, inputs: Inpu
     worst = 0.0
     for info, got, want in zip(session.get_outputs(), actual, expected, strict=True):
         if got.shape != want.shape:
-            raise fail(f"output {info.name!r} has shape {_fmt_shape(got.shape)} in ONNX Runtime "
-                       f"but {_fmt_shape(want.shape)} in PyTorch")
+            raise fail(f"output {info.name!r} has shape {fmt_shape(got.shape)} in ONNX Runtime "
+                       f"but {fmt_shape(want.shape)} in PyTorch")
         error = _max_abs(got, want)
         if not np.allclose(got, want, atol=atol, rtol=rtol):
             raise fail(f"output {info.name!r} differs from PyTorch", error)
@@ -461,90 +398,6 @@ def _max_abs(got: np.ndarray, want: np.ndarray) -> float:
     if got.size == 0:
         return 0.0
     return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-
-
-# --- sidecar and card -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """The tolerance and input sizes a parity check used."""
-
-    atol: float
-    rtol: float
-    shapes: list[list[int]]
-
-
-def _sidecar(card: ModelCard, result: ExportResult, proto: onnx.ModelProto,
-             checked: _Checked) -> dict[str, object]:
-    """Return the JSON facts sidecar that the host reads next to the ONNX file."""
-    return {
-        "name": card.name,
-        "file": result.onnx_path.name,
-        "sha256": result.sha256,
-        "parameters": result.parameters,
-        "inputs": _values(proto.graph.input),
-        "outputs": _values(proto.graph.output),
-        "opset": _opset(proto),
-        "parity": {"max_abs_error": result.max_abs_error, "atol": checked.atol,
-                   "rtol": checked.rtol, "checked_shapes": checked.shapes},
-        "summary": card.summary,
-        "training_data": card.training_data,
-        "training_steps": card.training_steps,
-        "metrics": card.metrics,
-        "facts": card.facts,
-        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
-                          "onnxruntime": ort.__version__},
-    }
-
-
-def _card_markdown(card: ModelCard, result: ExportResult, proto: onnx.ModelProto,
-                   checked: _Checked) -> str:
-    """Return the human model card as markdown."""
-    io_rows = [("input", v) for v in _values(proto.graph.input)]
-    io_rows += [("output", v) for v in _values(proto.graph.output)]
-    lines = [
-        f"# {card.name}", "", card.summary, "",
-        "## Architecture", "", card.architecture, "",
-        "## Parameters", "", f"{result.parameters:,}", "",
-        "## Inputs and outputs", "",
-        *_table(("", "Name", "Shape", "Dtype"),
-                [(kind, f"`{v['name']}`", _fmt_shape(v["shape"]), v["dtype"])
-                 for kind, v in io_rows]), "",
-        "## Training data", "", card.training_data, "",
-        "## Training", "", card.training_steps, "",
-        "## Validation", "",
-        *(_table(("Metric", "Value"), [(k, _fmt_value(v)) for k, v in card.metrics.items()])
-          if card.metrics else ["No metrics recorded."]), "",
-        "## Facts", "",
-        *(_table(("Fact", "Value"), [(k, f"`{json.dumps(v)}`") for k, v in card.facts.items()])
-          if card.facts else ["None."]), "",
-        "## Parity", "",
-        f"PyTorch vs ONNX Runtime (CPUExecutionProvider), `np.allclose` with "
-        f"atol={checked.atol:g}, rtol={checked.rtol:g}: max abs error "
-        f"{result.max_abs_error:.3g} over input sizes "
-        f"{', '.join(_fmt_shape(shape) for shape in checked.shapes)}.", "",
-        "## File", "",
-        f"`{result.onnx_path.name}`, opset {_opset(proto)}, sha256 `{result.sha256}`.", "",
-    ]
-    return "\n".join(lines)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Return markdown table lines, with '|' in cells escaped."""
-    def row(cells: Sequence[object]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    return [row(header), row(["---"] * len(header)), *(row(r) for r in rows)]
-
-
-def _fmt_value(value: float | str) -> str:
-    """Return a metric value for the card: numbers to 6 significant digits."""
-    return f"{value:.6g}" if isinstance(value, int | float) else value
-
-
-def _fmt_shape(shape: Sequence[object]) -> str:
-    """Return a shape as 1x3xheightxwidth."""
-    return "x".join(str(dim) for dim in shape)
 
 
 def _shapes(inputs: Inputs) -> dict[str, Shape]:

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
-from exporters.superres import build_model, exported_name, last_conv, make_lr, psnr_y
+from exporters.superres_data import make_lr
+from exporters.superres_metrics import psnr_y
+from exporters.superres_net import build_model, exported_name, last_conv
 from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
@@ -202,7 +204,7 @@ def test_the_shipped_model_beats_bicubic(scale: int, size: str) -> None:
 @pytest.mark.parametrize("scale", MODEL_SCALES)
 @pytest.mark.parametrize("preset", MODEL_SIZES)
 def test_export_parity_at_odd_sizes(tmp_path: Path, scale: int, preset: str) -> None:
-    from exporters.superres import export_scale
+    from exporters.superres_export import export_scale
 
     torch.manual_seed(scale)
     model = build_model(preset).eval()

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
-from exporters.superres import make_lr, psnr_y
+from exporters.superres_data import make_lr
+from exporters.superres_metrics import psnr_y
 from imgproc.cli import cli
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime

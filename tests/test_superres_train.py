@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from exporters import superres  # noqa: E402
+from exporters import (  # noqa: E402
+    superres,
+    superres_data,
+    superres_export,
+    superres_metrics,
+    superres_net,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,39 +31,40 @@ def astronaut() -> np.ndarray:
 
 @pytest.mark.parametrize("scale", [2, 3, 4], ids=["x2", "x3", "x4"])
 def test_bicubic_psnr_is_finite_and_self_psnr_is_inf(astronaut: np.ndarray, scale: int) -> None:
-    hr = superres.crop_to_multiple(astronaut, scale)
-    lr = np.asarray(superres.make_lr(Image.fromarray(astronaut), scale))
-    sr = superres.bicubic_upscale(lr, scale)
-    psnr = superres.psnr_y(sr, hr, scale)
+    hr = superres_data.crop_to_multiple(astronaut, scale)
+    lr = np.asarray(superres_data.make_lr(Image.fromarray(astronaut), scale))
+    sr = superres_metrics.bicubic_upscale(lr, scale)
+    psnr = superres_metrics.psnr_y(sr, hr, scale)
     assert 20.0 < psnr < 40.0
-    assert superres.psnr_y(hr, hr, scale) == math.inf
-    assert 0.5 < superres.ssim_y(sr, hr, scale) < superres.ssim_y(hr, hr, scale) + 1e-9
-    assert superres.ssim_y(hr, hr, scale) == pytest.approx(1.0)
+    assert superres_metrics.psnr_y(hr, hr, scale) == math.inf
+    self_ssim = superres_metrics.ssim_y(hr, hr, scale)
+    assert 0.5 < superres_metrics.ssim_y(sr, hr, scale) < self_ssim + 1e-9
+    assert superres_metrics.ssim_y(hr, hr, scale) == pytest.approx(1.0)
 
 
 def test_make_lr_crops_to_a_multiple_of_the_scale() -> None:
-    lr = superres.make_lr(Image.new("RGB", (101, 75)), 3)
+    lr = superres_data.make_lr(Image.new("RGB", (101, 75)), 3)
     assert lr.size == (33, 25)
 
 
 def test_rgb_to_y_spans_16_to_235(astronaut: np.ndarray) -> None:
     black, white = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
-    assert superres.rgb_to_y(black) == pytest.approx(16.0)
-    assert superres.rgb_to_y(white) == pytest.approx(235.0, abs=1e-9)
-    y = superres.rgb_to_y(astronaut)
+    assert superres_metrics.rgb_to_y(black) == pytest.approx(16.0)
+    assert superres_metrics.rgb_to_y(white) == pytest.approx(235.0, abs=1e-9)
+    y = superres_metrics.rgb_to_y(astronaut)
     assert y.shape == astronaut.shape[:2]
     assert y.min() >= 16.0 and y.max() <= 235.0
-    np.testing.assert_allclose(superres.rgb_to_y(astronaut / 255.0), y)
+    np.testing.assert_allclose(superres_metrics.rgb_to_y(astronaut / 255.0), y)
 
 
 @pytest.mark.parametrize("preset", ["best", "fast"])
 @pytest.mark.parametrize("scale", [2, 3, 4], ids=["x2", "x3", "x4"])
 @pytest.mark.parametrize("size", [(7, 5), (1, 1)], ids=["7x5", "1x1"])
 def test_model_output_is_scale_times_input(preset: str, scale: int, size: tuple[int, int]) -> None:
-    model = superres.build_model(preset).eval()
+    model = superres_net.build_model(preset).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, *size), scale)
-        fixed = superres.FixedScale(model, scale)(torch.rand(2, 3, *size))
+        fixed = superres_net.FixedScale(model, scale)(torch.rand(2, 3, *size))
     assert out.shape == (1, 3, size[0] * scale, size[1] * scale)
     assert fixed.shape == (2, 3, size[0] * scale, size[1] * scale)
     assert torch.isfinite(out).all() and fixed.min() >= 0.0 and fixed.max() <= 1.0
@@ -65,7 +73,7 @@ def test_model_output_is_scale_times_input(preset: str, scale: int, size: tuple[
 @pytest.mark.parametrize("loss", ["l1", "l2", "psnr_ssim"])
 def test_losses_are_finite_and_differentiable(loss: str) -> None:
     sr = torch.rand(2, 3, 24, 24, requires_grad=True)
-    value = superres.loss_value(loss, sr, torch.rand(2, 3, 24, 24), 2)
+    value = superres_metrics.loss_value(loss, sr, torch.rand(2, 3, 24, 24), 2)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(sr.grad).all()
 
@@ -105,11 +113,12 @@ def test_training_writes_a_checkpoint_and_resumes(tmp_path: Path,
     assert len(lines) == 2 and all(math.isfinite(r["psnr_x4"]) for r in second.history)
 
     # the export's card line comes from the run's stored config, found beside best.pt
-    config_5 = superres.run_config(tmp_path / "run" / "best.pt")
+    config_5 = superres_export.run_config(tmp_path / "run" / "best.pt")
     assert config_5 is not None and config_5["steps"] == 5
-    assert superres.describe_training(5, config_5).endswith("the end of a 5-step run")
-    assert "a checkpoint of a 5-step run" in superres.describe_training(3, config_5, "a note")
-    assert superres.run_config(tmp_path / "elsewhere" / "best.pt") is None
+    assert superres_export.describe_training(5, config_5).endswith("the end of a 5-step run")
+    line_3 = superres_export.describe_training(3, config_5, "a note")
+    assert "a checkpoint of a 5-step run" in line_3
+    assert superres_export.run_config(tmp_path / "elsewhere" / "best.pt") is None
 
 
 @pytest.mark.export
@@ -125,17 +134,17 @@ def test_training_can_continue_an_exported_model(tmp_path: Path,
     # Tails start at zero (the net starts as the bilinear upscale) and export drops zero biases:
     # 4 steps train every tail, then the shared layers (x2 again).
     trained = superres.train(config("first", 4)).model
-    for scale in superres.SCALES:
-        superres.export_scale(trained, preset="fast", scale=scale, step=4, metrics={},
+    for scale in superres_net.SCALES:
+        superres_export.export_scale(trained, preset="fast", scale=scale, step=4, metrics={},
                               out_dir=tmp_path / "shipped")
     continued = superres.Trainer(config("second", 0, init=tmp_path / "shipped")).model
     for name, tensor in trained.state_dict().items():  # every scale's tail, the shared body
         torch.testing.assert_close(continued.state_dict()[name], tensor, rtol=0, atol=0)
     fresh = superres.Trainer(config("fresh", 0)).model
     assert not torch.equal(fresh.head.weight, trained.head.weight)
-    stored = superres.run_config(tmp_path / "second" / "best.pt")
+    stored = superres_export.run_config(tmp_path / "second" / "best.pt")
     assert stored is None  # no step was run, so no checkpoint either
-    line = superres.describe_training(4, asdict(config("x", 4, tmp_path / "shipped")))
+    line = superres_export.describe_training(4, asdict(config("x", 4, tmp_path / "shipped")))
     assert line.endswith(f"started from the exported models in {tmp_path / 'shipped'}")
 
 
@@ -144,3 +153,22 @@ def test_continuing_from_a_folder_without_the_presets_models_names_the_file(
     with pytest.raises(FileNotFoundError, match=r"superres-best-x2\.onnx"):
         superres.Trainer(superres.TrainConfig(out=tmp_path / "run", preset="best",
                                               device="cpu", init=tmp_path))
+
+
+def test_the_train_command_finds_its_data_under_data(tmp_path: Path,
+                                                     image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+    data = tmp_path / "data"
+    (data / "sr-val").mkdir(parents=True)
+    train_dir.rename(data / "sr-train")
+    val_dir.rename(data / "sr-val" / "McMaster18")
+    args = ["train", "--preset", "fast", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--batch", "1", "--patch", "12", "--device", "cpu"]
+    result = CliRunner().invoke(superres.cli, [*args, "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "stopped at step 1" in result.output
+    config = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["config"]
+    assert config["train_dirs"] == [str(data / "sr-train")]
+    assert config["val_dir"] == str(data / "sr-val" / "McMaster18")
+    missing = CliRunner().invoke(superres.cli, [*args, "--data", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "nowhere/sr-train does not exist" in missing.output

@@ -1,0 +1,84 @@
+"""Super-resolution data: the protocol's LR images, random training pairs and the validation
+set (../shared/data/README.md: HR cropped to a multiple of the scale, LR by Pillow's
+antialiased bicubic)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from exporters.superres_net import SCALES
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+ValSet = dict[int, list[tuple[np.ndarray, np.ndarray]]]  # scale -> [(HR, LR)] uint8 pairs
+
+
+def crop_to_multiple(img: np.ndarray, scale: int) -> np.ndarray:
+    """Return the top-left crop of an HxWxC array whose sides are multiples of scale."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def make_lr(hr_pil: Image.Image, scale: int) -> Image.Image:
+    """Return the protocol's LR image: HR cropped to a multiple of scale, Pillow bicubic down."""
+    w, h = hr_pil.size
+    w, h = w - w % scale, h - h % scale
+    return hr_pil.crop((0, 0, w, h)).resize((w // scale, h // scale), Image.BICUBIC)
+
+
+def list_images(dirs: Iterable[Path]) -> list[Path]:
+    """Return the image files under dirs (recursive), sorted."""
+    return sorted(p for d in dirs for p in Path(d).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Return an image file as an HxWx3 uint8 array."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Return patch under one of the 8 flips/90-degree rotations, chosen by rng."""
+    k = int(rng.integers(0, 8))
+    if k & 4:
+        patch = patch[:, ::-1]
+    return np.ascontiguousarray(np.rot90(patch, k & 3))
+
+
+def make_pair(img: np.ndarray, *, scale: int, patch: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Return a random (LR patch x patch, HR) uint8 training pair cut from img."""
+    size = patch * scale
+    top = int(rng.integers(0, img.shape[0] - size + 1))
+    left = int(rng.integers(0, img.shape[1] - size + 1))
+    hr = augment(img[top : top + size, left : left + size], rng)
+    return np.asarray(make_lr(Image.fromarray(hr), scale)), hr
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """Return an NHWC uint8 array as an NCHW float tensor in [0, 1]."""
+    return torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def sample_batch(images: Sequence[np.ndarray], *, scale: int, patch: int, batch: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (LR, HR) tensors of `batch` random pairs from the images big enough for scale."""
+    pool = [i for i, im in enumerate(images) if min(im.shape[:2]) >= patch * scale]
+    if not pool:
+        raise ValueError(f"no training image has a side of {patch * scale} px for x{scale}")
+    picks = rng.choice(pool, batch)
+    pairs = [make_pair(images[i], scale=scale, patch=patch, rng=rng) for i in picks]
+    return to_tensor(np.stack([p[0] for p in pairs])), to_tensor(np.stack([p[1] for p in pairs]))
+
+
+def load_val(val_dir: Path, scales: Sequence[int] = SCALES) -> ValSet:
+    """Return {scale: [(HR cropped to a multiple of scale, LR)]} for the images in val_dir."""
+    hrs = [load_rgb(p) for p in list_images([val_dir])]
+    if not hrs:
+        raise FileNotFoundError(f"no validation images in {val_dir}")
+    return {s: [(crop_to_multiple(h, s), np.asarray(make_lr(Image.fromarray(h), s))) for h in hrs]
+            for s in scales}

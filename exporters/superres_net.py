@@ -1,0 +1,139 @@
+"""The multi-scale super-resolution network: one shared body, a tail per scale (x2, x3, x4),
+its presets, and the single-scale form each exported model holds."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporters.training import count_parameters
+
+SCALES: tuple[int, ...] = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Width and depth of a MultiScaleSR network."""
+
+    channels: int
+    blocks: int
+    # features per pixel-shuffle stage in the tails; None: one depth-to-space straight to RGB
+    # (ESPCN-style), which keeps every conv at the input resolution
+    up_channels: int | None
+    dilated: tuple[int, ...] = ()  # blocks whose first conv has dilation 2 (wider receptive field)
+    res_scale: float = 0.1
+
+
+PRESETS: dict[str, Preset] = {
+    "best": Preset(channels=48, blocks=10, up_channels=32, dilated=(3, 7)),
+    # x4, ORT, 2 threads, untrained nets timed side by side: 0.071 s per output MP with the
+    # one-step tail, 0.122 s with staged tails of 8 features (their convs run at 2x and 4x
+    # resolution); 28 or 32 channels took 0.094-0.105 s
+    "fast": Preset(channels=24, blocks=3, up_channels=None),
+}
+
+
+class ResBlock(nn.Module):
+    """conv-ReLU-conv block whose output is added back to its input, scaled by res_scale."""
+
+    def __init__(self, channels: int, *, dilation: int = 1, res_scale: float = 0.1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return x plus the scaled residual."""
+        return x + self.res_scale * self.conv2(F.relu(self.conv1(x)))
+
+
+def make_tail(scale: int, *, channels: int, up_channels: int | None) -> nn.Sequential:
+    """Return the depth-to-space upsampler for one scale, ending in RGB: x4 is two x2 stages of
+    up_channels features then a 3x3 conv, or, when up_channels is None, one conv to 3*scale^2
+    channels and one depth-to-space."""
+    if up_channels is None:
+        return nn.Sequential(nn.Conv2d(channels, 3 * scale * scale, 3, padding=1),
+                             nn.PixelShuffle(scale))
+    layers: list[nn.Module] = []
+    cin = channels
+    for r in (2, 2) if scale == 4 else (scale,):
+        layers += [nn.Conv2d(cin, up_channels * r * r, 3, padding=1), nn.PixelShuffle(r)]
+        cin = up_channels
+    layers.append(nn.Conv2d(cin, 3, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def last_conv(tail: nn.Module) -> nn.Conv2d:
+    """Return the last convolution of a tail (the one that makes RGB)."""
+    return [m for m in tail.modules() if isinstance(m, nn.Conv2d)][-1]
+
+
+class MultiScaleSR(nn.Module):
+    """EDSR/MDSR-style net: shared head and body, one tail per scale, bilinear input skip."""
+
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        c = preset.channels
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        blocks = [
+            ResBlock(c, dilation=2 if i in preset.dilated else 1, res_scale=preset.res_scale)
+            for i in range(preset.blocks)
+        ]
+        self.body = nn.Sequential(*blocks, nn.Conv2d(c, c, 3, padding=1))
+        tails = {str(s): make_tail(s, channels=c, up_channels=preset.up_channels) for s in SCALES}
+        for tail in tails.values():  # start as plain bilinear, not bilinear plus noise
+            nn.init.zeros_(last_conv(tail).weight)
+            nn.init.zeros_(last_conv(tail).bias)
+        self.tails = nn.ModuleDict(tails)
+
+    def forward(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        """Return the x`scale` upscale (about [0, 1], unclamped) of an NCHW RGB batch in [0, 1]."""
+        feat = self.head(x - 0.5)
+        feat = feat + self.body(feat)
+        # bilinear, not bicubic: ONNX Runtime's cubic Resize costs ~0.23 s per output MP on one
+        # core (as much as the whole fast net), its linear one ~0.005 s; the net learns the rest
+        skip = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        return skip + self.tails[str(scale)](feat)
+
+
+class FixedScale(nn.Module):
+    """One-input wrapper for export: the shared net with the tail of one scale, output clamped."""
+
+    def __init__(self, net: MultiScaleSR, scale: int) -> None:
+        super().__init__()
+        self.net = net
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the x`scale` RGB image in [0, 1]."""
+        return self.net(x, self.scale).clamp(0.0, 1.0)
+
+
+def exported_name(preset: str, scale: int) -> str:
+    """Return the file stem a preset's x`scale` model is exported under (the plugin's name)."""
+    return f"superres-{preset}-x{scale}"
+
+
+def build_model(preset: str | Preset) -> MultiScaleSR:
+    """Return a freshly initialised MultiScaleSR for a preset name ("best", "fast") or Preset."""
+    return MultiScaleSR(PRESETS[preset] if isinstance(preset, str) else preset)
+
+
+def single_scale(model: MultiScaleSR, scale: int) -> FixedScale:
+    """Return FixedScale over a copy of model holding only the x`scale` tail.
+
+    The other tails are not in the exported graph, so they must not count in its parameters.
+    """
+    net = copy.deepcopy(model)
+    net.tails = nn.ModuleDict({str(scale): net.tails[str(scale)]})
+    return FixedScale(net, scale).eval()
+
+
+def per_scale_counts(model: MultiScaleSR) -> str:
+    """Return 'x2 N, x3 N, x4 N': parameters of the single-scale nets export will produce."""
+    shared = count_parameters(model.head) + count_parameters(model.body)
+    return ", ".join(f"x{s} {shared + count_parameters(model.tails[str(s)])}" for s in SCALES)
