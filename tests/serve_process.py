@@ -85,11 +85,13 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM the server and return its exit code."""
+    def terminate(self, timeout: float = 30) -> bool:
+        """SIGTERM the server; return True when it shut down cleanly (logged "stopped" and
+        ended by the signal re-raised after shutdown, as uvicorn does and systemd expects)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        return code in (0, -signal.SIGTERM) and '"event": "stopped"' in self.tail(500)
 
     def tail(self, chars: int = 3000) -> str:
         """Return the end of the server's log."""
