@@ -6,10 +6,9 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import structlog
@@ -28,6 +27,9 @@ from imgproc.images import (
 from imgproc.links import NOT_FOLLOWED, readable_path
 from imgproc.processor import Processor
 from imgproc.runtime import Context, Runtime
+
+if TYPE_CHECKING:
+    from imgproc.engine import Engine
 
 Status = Literal["done", "skipped", "failed"]
 log = structlog.get_logger("imgproc.batch")
@@ -381,24 +383,37 @@ def prepare(steps: Sequence[Step], runtime: Runtime) -> None:
 
 def run_batch(plan: Plan, steps: Sequence[Step], runtime: Runtime, output: OutputSettings, *,
               workers: int = 1, skip_existing: bool = False,
-              progress: Callable[[Outcome], None] | None = None) -> Summary:
-    """Return the summary of running every job of `plan` (with `workers` threads)."""
+              progress: Callable[[Outcome], None] | None = None,
+              engine: Engine | None = None) -> Summary:
+    """Return the summary of running every job of `plan` on `engine` (default: `workers`
+    threads in this process, closed at the end; an engine given is left open)."""
+    from imgproc.engine import LocalEngine, sweep_temporaries  # engine builds on this module
+
     start = time.perf_counter()
-    prepare(steps, runtime)
-
-    def one(job: Job) -> Outcome:
+    sweep_temporaries(plan.jobs)  # what a crashed earlier run left behind
+    finished: dict[Path | None, Outcome] = {}  # by output: unique among a plan's jobs
+    todo = []
+    for job in plan.jobs:
         if skip_existing and job.output.exists():
-            outcome = Outcome(job.inputs, job.output, "skipped", "output exists (--skip-existing)")
+            _record(finished, Outcome(job.inputs, job.output, "skipped",
+                                      "output exists (--skip-existing)"), progress)
         else:
-            outcome = process_one(job, steps, runtime, output)
-        if progress is not None:
-            progress(outcome)
-        return outcome
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        try:
-            outcomes = list(pool.map(one, plan.jobs))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            todo.append(job)
+    owned = engine is None
+    engine = engine or LocalEngine(steps, runtime, output, workers=workers)
+    try:
+        for outcome in engine.map(todo):
+            _record(finished, outcome, progress)
+    finally:
+        if owned:
+            engine.close()
+    sweep_temporaries(todo)  # a worker killed mid-write leaves its temporary file
+    outcomes = [finished[job.output] for job in plan.jobs]
     return Summary(plan.rejected + outcomes, time.perf_counter() - start)
+
+
+def _record(finished: dict[Path | None, Outcome], outcome: Outcome,
+            progress: Callable[[Outcome], None] | None) -> None:
+    finished[outcome.output] = outcome
+    if progress is not None:
+        progress(outcome)

@@ -107,20 +107,27 @@ def _complete_plugin(ctx: click.Context, param: click.Parameter,
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format [same].")
 @click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
 @click.option("--workers", type=click.IntRange(min=1), help="Images processed in parallel [1].")
+@click.option("--engine", help="Where images run: local threads, or dask [config engine.kind].")
+@click.option("--address", help="Dask scheduler, e.g. tcp://host:8786 (implies --engine dask) "
+              "[$DASK_SCHEDULER_ADDRESS; none: a local cluster].")
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.pass_obj
 def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...],
         outdir: Path, recursive: bool, follow_symlinks: bool, skip_existing: bool,
-        fmt: str | None, provider: str | None, workers: int | None, dry_run: bool,
-        as_json: bool) -> None:
+        fmt: str | None, provider: str | None, workers: int | None, engine: str | None,
+        address: str | None, dry_run: bool, as_json: bool) -> None:
     """Run a processor over INPUT files and folders, writing into OUTDIR."""
     from imgproc import batch
+    from imgproc.engine import open_engine
     from imgproc.runtime import Runtime
 
     config = env.config.replace("runtime", provider=provider, workers=workers)
     config = config.replace("output", format=fmt)
-    processor = env.registry().get(plugin).processor
+    config = config.replace("engine", kind=engine or ("dask" if address else None),
+                            address=address)
+    registry = env.registry()
+    processor = registry.get(plugin).processor
     try:
         cli_options = parse_assignments(options)
     except ValueError as exc:
@@ -133,10 +140,12 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
         _report_plan(plan, skip_existing, as_json)
         sys.exit(1 if any(o.status == "failed" for o in plan.rejected) else 0)
     batch.check_output_folder(outdir)
-    with _progress(len(plan.jobs), enabled=not as_json) as tick:
-        summary = batch.run_batch(plan, [batch.Step(processor, values)], Runtime(config.runtime),
-                                  config.output, workers=config.runtime.workers,
-                                  skip_existing=skip_existing, progress=tick)
+    steps, runtime = [batch.Step(processor, values)], Runtime(config.runtime)
+    with open_engine(registry, config, steps, runtime, plugins_dir=env.plugins_dir) as where, \
+            _progress(len(plan.jobs), enabled=not as_json) as tick:
+        summary = batch.run_batch(plan, steps, runtime, config.output,
+                                  workers=config.runtime.workers, skip_existing=skip_existing,
+                                  progress=tick, engine=where)
     _report_summary(summary, as_json)
     sys.exit(summary.exit_code)
 

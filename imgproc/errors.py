@@ -45,6 +45,11 @@ class RuntimeMissing(UsageError):
     """No ONNX Runtime is importable: imgproc was installed without its [cpu] or [gpu] extra."""
 
 
+class EngineError(UsageError):
+    """An engine cannot run this batch: its scheduler is unreachable, or a worker lacks a
+    plugin, has other versions or does not see the input and output folders."""
+
+
 class ProviderError(ImgprocError):
     """The requested ONNX Runtime execution provider cannot be used."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ from imgproc.processor import Processor
 
 ENTRY_POINT_GROUP = "imgproc"
 ONLY_ENV = "IMGPROC_PLUGINS"
+BUILTIN_ENGINES = "imgproc.engine"  # the host's own local and dask engines, always registered
 
 log = structlog.get_logger("imgproc.registry")
 
@@ -52,6 +54,7 @@ class Registry:
     processors: dict[str, Registered] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     commands: dict[str, Any] = field(default_factory=dict)  # name -> click.Command
+    engines: dict[str, Any] = field(default_factory=dict)  # name -> imgproc.engine.EngineKind
 
     def get(self, name: str) -> Registered:
         """Return the processor called `name`, or raise PluginNotFound listing what exists."""
@@ -84,7 +87,9 @@ def load_registry(*, plugins_dir: Path | None = None,
     wanted = set(only) if only is not None else None
     pm = make_plugin_manager()
     registry = Registry()
-    sources: dict[str, tuple[str, str]] = {}
+    sources: dict[str, tuple[str, str]] = {BUILTIN_ENGINES: ("imgproc", host_version())}
+    _register(pm, registry, BUILTIN_ENGINES, sources[BUILTIN_ENGINES],
+              lambda: importlib.import_module(BUILTIN_ENGINES))
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if wanted is not None and ep.name not in wanted:
             continue
@@ -100,6 +105,14 @@ def load_registry(*, plugins_dir: Path | None = None,
         sources[name] = ("(in-process)", "-")
     _collect(pm, registry, sources)
     return registry
+
+
+def host_version() -> str:
+    """Return the installed imgproc version ("unknown" in a never-installed source tree)."""
+    try:
+        return metadata.version("imgproc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _import(path: Path) -> ModuleType:
@@ -147,14 +160,16 @@ def _collect(pm: pluggy.PluginManager, registry: Registry,
         for processor in found:
             _add(registry, Registered(processor, impl.plugin_name, dist, version,
                                       declared_api(impl.plugin)))
-    for impl, found in _call_each(pm, registry, sources, "imgproc_commands"):
-        for command in found:
-            name = getattr(command, "name", None)
-            if not name or name in registry.commands:
-                _fail(registry, impl.plugin_name, sources.get(impl.plugin_name, ("?",))[0],
-                      f"command {name!r} is unnamed or already provided")
-            else:
-                registry.commands[name] = command
+    for hook, table, what in (("imgproc_commands", registry.commands, "command"),
+                              ("imgproc_engines", registry.engines, "engine")):
+        for impl, found in _call_each(pm, registry, sources, hook):
+            for item in found:
+                name = getattr(item, "name", None)
+                if not name or name in table:
+                    _fail(registry, impl.plugin_name, sources.get(impl.plugin_name, ("?",))[0],
+                          f"{what} {name!r} is unnamed or already provided")
+                else:
+                    table[name] = item
 
 
 def _call_each(pm: pluggy.PluginManager, registry: Registry,

@@ -1,0 +1,254 @@
+"""The `dask` engine: the same `process_one` on the workers of a Dask distributed cluster.
+
+The client ships a `Work` (processor names, resolved options, settings) and `Job`s (paths),
+never pixels; inputs and outputs live on a filesystem every worker mounts at the same path.
+Each worker process builds its plugins and its Runtime (ONNX sessions) once per Work and keeps
+them. One image is one task, so a lost worker costs only the images it held: Dask reruns them
+elsewhere, and an image that kills every worker it touches fails alone ("worker lost").
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+
+import dask
+import structlog
+from distributed import Client, Future, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
+
+from imgproc.batch import Job, Outcome, Step, prepare, process_one
+from imgproc.config import EngineSettings
+from imgproc.engine import Work, fingerprint
+from imgproc.errors import EngineError, ImgprocError
+from imgproc.logs import configure_logging
+from imgproc.registry import load_registry
+from imgproc.runtime import Runtime
+
+PLUGINS_DIR_ENV = "IMGPROC_PLUGINS_DIR"
+PROBE_PREFIX = ".imgproc-probe-"
+KEEP_PREPARED = 4  # pipelines a long-lived worker keeps loaded (one per distinct batch setup)
+
+log = structlog.get_logger("imgproc.dask")
+
+
+class DaskEngine:
+    """Runs jobs as Dask tasks on a cluster at `settings.address` (or $DASK_SCHEDULER_ADDRESS),
+    or on a local cluster started for this engine and closed with it."""
+
+    def __init__(self, work: Work, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.cluster: LocalCluster | None = None
+        address = settings.address or dask.config.get("scheduler-address", None)
+        try:
+            if address:
+                self.client = _connect(address, settings.timeout)
+            else:
+                self.cluster = _local_cluster(work, settings)
+                work = _share_cores(work, settings)
+                self.client = Client(self.cluster, set_as_default=False)
+            self.client.wait_for_workers(1, timeout=settings.timeout)
+        except BaseException:
+            self.close()
+            raise
+        self.work = work
+        self._batch = secrets.token_hex(4)
+        self._submitted = 0
+        self._checked = False
+        log.info("dask engine ready", scheduler=self.client.scheduler.address,
+                 workers=len(self.client.nthreads()), local=self.cluster is not None,
+                 dashboard=self.client.dashboard_link if settings.dashboard else None)
+
+    def map(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
+        """Yield one Outcome per job as the cluster finishes them (one task per image)."""
+        todo = iter(jobs)
+        first = next(todo, None)
+        if first is None:
+            return
+        if not self._checked:
+            self.check(first)
+        pending: dict[str, tuple[Future, Job]] = {}
+        window = max(16, 4 * sum(self.client.nthreads().values()))  # bounds scheduler memory
+        running = as_completed([self._submit(job, pending) for job in _chain(first, todo, window)],
+                               loop=self.client.loop)
+        try:
+            for future in running:
+                _, job = pending.pop(future.key)
+                yield _outcome(future, job)
+                following = next(todo, None)
+                if following is not None:
+                    running.add(self._submit(following, pending))
+        finally:
+            if pending:
+                self.client.cancel([future for future, _ in pending.values()])
+
+    def check(self, job: Job) -> None:
+        """Raise EngineError unless every worker sees this job's folders and has the same
+        imgproc, plugins and models as the client (and can load them)."""
+        folder = job.output.parent.absolute()  # workers have their own working directory
+        folder.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        probe = folder / f"{PROBE_PREFIX}{token}"
+        probe.write_text(token)
+        try:
+            reports = self.client.run(check_worker, self.work, probe,
+                                      job.inputs[0].absolute())
+        finally:
+            probe.unlink(missing_ok=True)
+        problems = {addr: reason for addr, reason in reports.items() if reason}
+        if problems:
+            addr, reason = sorted(problems.items())[0]
+            more = f" (and {len(problems) - 1} more workers)" if len(problems) > 1 else ""
+            raise EngineError(f"dask worker {addr}: {reason}{more}")
+        self._checked = True
+
+    def _submit(self, job: Job, pending: dict[str, tuple[Future, Job]]) -> Future:
+        key = f"imgproc-{self._batch}-{self._submitted}"
+        self._submitted += 1
+        future = self.client.submit(run_job, self.work, _absolute(job), key=key, pure=False)
+        pending[key] = (future, job)
+        return future
+
+    def close(self) -> None:
+        """Disconnect; stop the local cluster if this engine started one."""
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+    def __enter__(self) -> DaskEngine:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _absolute(job: Job) -> Job:
+    return Job(tuple(p.absolute() for p in job.inputs), job.output.absolute())
+
+
+def _as_given(outcome: Outcome, job: Job) -> Outcome:
+    """Return a worker's outcome with the job's paths as the client gave them (relative ones
+    stay relative, as with the local engine)."""
+    extras = tuple(job.output.with_name(p.name) for p in outcome.extras)
+    return replace(outcome, inputs=job.inputs, output=job.output, extras=extras)
+
+
+def _chain(first: Job, rest: Iterator[Job], count: int) -> Iterator[Job]:
+    yield first
+    for _ in range(count - 1):
+        job = next(rest, None)
+        if job is None:
+            return
+        yield job
+
+
+def _connect(address: str, timeout: float) -> Client:
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise EngineError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+
+def _local_cluster(work: Work, settings: EngineSettings) -> LocalCluster:
+    env = {PLUGINS_DIR_ENV: str(work.plugins_dir.absolute())} if work.plugins_dir else {}
+    return LocalCluster(n_workers=settings.workers or os.cpu_count() or 1,
+                        threads_per_worker=settings.threads_per_worker, processes=True,
+                        host="127.0.0.1", dashboard_address=settings.dashboard or None,
+                        env=env)
+
+
+def _share_cores(work: Work, settings: EngineSettings) -> Work:
+    """Return `work` with ONNX Runtime threads split between the local cluster's workers,
+    unless the user set them: one machine's cores, not one machine's cores per worker."""
+    if work.runtime.intra_op_threads:
+        return work
+    workers = settings.workers or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // (workers * settings.threads_per_worker))
+    return replace(work, runtime=replace(work.runtime, intra_op_threads=threads))
+
+
+def _outcome(future: Future, job: Job) -> Outcome:
+    try:
+        return _as_given(future.result(), job)
+    except KilledWorker as exc:
+        reason = f"worker lost: {exc.allowed_failures + 1} workers died running it " \
+                 f"(last {getattr(exc.last_worker, 'address', exc.last_worker)})"
+    except CancelledError:
+        reason = "worker lost: the task was cancelled (scheduler gone or client closed)"
+    except Exception as exc:  # the task raised on the worker: this image's failure only
+        reason = f"worker error: {type(exc).__name__}: {exc}"
+    log.warning("image failed", path=str(job.inputs[0]), reason=reason)
+    return Outcome(job.inputs, job.output, "failed", reason)
+
+
+# -- on the workers ---------------------------------------------------------------------------
+
+_prepared: OrderedDict[str, tuple[list[Step], Runtime]] = OrderedDict()  # per worker process
+_prepared_lock = threading.Lock()
+
+
+def run_job(work: Work, job: Job) -> Outcome:
+    """Return the outcome of one job, run on a worker with its cached pipeline and Runtime."""
+    steps, runtime = pipeline(work)
+    return process_one(job, steps, runtime, work.output)
+
+
+def pipeline(work: Work) -> tuple[list[Step], Runtime]:
+    """Return this process's steps and Runtime for `work`, built once (plugins from entry
+    points and $IMGPROC_PLUGINS_DIR, sessions loaded) and kept for the next tasks."""
+    key = work.key()
+    with _prepared_lock:
+        if key in _prepared:
+            _prepared.move_to_end(key)
+            return _prepared[key]
+        configure_logging(level=work.logging.level, fmt=work.logging.format)
+        plugins_dir = os.environ.get(PLUGINS_DIR_ENV)
+        registry = load_registry(plugins_dir=Path(plugins_dir) if plugins_dir else None)
+        names = [step.processor for step in work.steps]
+        mismatch = _mismatch(work.fingerprint, fingerprint(registry, names))
+        if mismatch:
+            raise EngineError(mismatch)
+        steps = [Step(registry.get(s.processor).processor, dict(s.options)) for s in work.steps]
+        runtime = Runtime(work.runtime)
+        prepare(steps, runtime)
+        _prepared[key] = (steps, runtime)
+        while len(_prepared) > KEEP_PREPARED:
+            _prepared.popitem(last=False)
+        return steps, runtime
+
+
+def check_worker(work: Work, probe: Path, sample: Path) -> str | None:
+    """Return why this worker cannot run `work` (None when it can): the client's probe file
+    unseen, an input unseen, other versions, or a pipeline that fails to load."""
+    token = probe.name.removeprefix(PROBE_PREFIX)
+    try:
+        seen = probe.read_text()
+    except OSError:
+        seen = None
+    if seen != token:
+        return (f"does not see the output folder {probe.parent} (probe file missing): inputs "
+                "and outputs must be on a filesystem every worker mounts at the same path")
+    if not sample.exists():
+        return f"does not see the input {sample}"
+    try:
+        pipeline(work)
+    except ImgprocError as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def _mismatch(client: Mapping[str, str], worker: Mapping[str, str]) -> str | None:
+    diffs = [f"{key} is {worker.get(key, 'missing')} here, {value} on the client"
+             for key, value in client.items() if worker.get(key) != value]
+    return "; ".join(diffs) or None
