@@ -31,17 +31,16 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
 
-from exporters.colorize import (
-    VAL_DIR,
+from exporters.colorize_metrics import (
     colourfulness,
     evaluate,
-    load_trained,
     load_val_rgb,
     psnr_rgb,
     to8,
     torch_predictor,
 )
-from exporters.colorize_nets import Bins, Colorizer, NetConfig, build_net
+from exporters.colorize_nets import Bins, Colorizer, NetConfig, build_net, load_trained
+from exporters.datadir import DEFAULT_DATA
 from imgproc import resize
 from imgproc.config import RuntimeSettings
 from imgproc.runtime import Runtime
@@ -51,7 +50,7 @@ from imgproc_plugins.lab import colorize_lab, grey_of, lightness, working_size
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SHEET = DOCS / "colorize-contact-sheet.png"
-VAL = Path(os.environ.get("IMGPROC_COLORIZE_VAL", VAL_DIR))
+VAL = Path(os.environ.get("IMGPROC_COLORIZE_VAL", DEFAULT_DATA / "color-val"))
 LIMIT = int(os.environ["IMGPROC_COLORIZE_LIMIT"]) if os.environ.get("IMGPROC_COLORIZE_LIMIT") \
     else None
 THREADS = 2

@@ -1,5 +1,6 @@
 """The colorize networks: the notes' Keras colorizer with FR / SRS / S130 activations, the
-fully connected SIREN, the quantised-ab bins (Zhang et al. 2016), and the shipped wrapper.
+fully connected SIREN, the quantised-ab bins (Zhang et al. 2016), the shipped wrapper, and
+`load_trained` (that wrapper from a checkpoint).
 
 The CNN: strided 3x3 convolutions (64, 128, 128, 256, 256, 512, 512, 256 filters x width), a
 global-context branch learned from scratch in place of the pretrained classifier (global average
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,3 +246,16 @@ class Colorizer(nn.Module):
 def build_net(cfg: NetConfig, n_bins: int) -> nn.Module:
     """Return the network for cfg (FC: the fully connected SIREN; otherwise the CNN)."""
     return FCSiren(cfg) if cfg.variant == "FC" else ColorNet(cfg, n_bins)
+
+
+def load_trained(ckpt: Path, device: torch.device,
+                 temperature: float | None = None) -> tuple[Colorizer, dict[str, Any]]:
+    """Return the shipped-form model of a checkpoint and the checkpoint itself."""
+    ck = torch.load(ckpt, map_location=device, weights_only=False)
+    cfg = NetConfig(**ck["net"])
+    bins = Bins(ck["bins"]["centres"], ck["bins"]["weights"])
+    net = build_net(cfg, len(bins)).to(device)
+    net.load_state_dict(ck["model"])
+    net.eval()
+    temp = temperature if temperature is not None else ck["config"]["temperature"]
+    return Colorizer(net, cfg, bins, temp).to(device).eval(), ck

@@ -20,14 +20,14 @@ pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from exporters import colorize, colorize_nets  # noqa: E402
-from exporters.colorize import (  # noqa: E402
-    TrainConfig,
-    colourfulness,
-    loss_value,
-    psnr_rgb,
-    train,
+from exporters import (  # noqa: E402
+    colorize,
+    colorize_data,
+    colorize_export,
+    colorize_nets,
 )
+from exporters.colorize import TrainConfig, loss_value, train  # noqa: E402
+from exporters.colorize_metrics import colourfulness, psnr_rgb  # noqa: E402
 from exporters.colorize_nets import (  # noqa: E402
     AB_SCALE,
     BIN_STEP,
@@ -290,9 +290,9 @@ def test_training_writes_one_history_row_per_epoch(tmp_path: Path, photos: Path)
 
 def test_the_image_cache_is_read_again_when_the_folder_changes(tmp_path: Path,
                                                               photos: Path) -> None:
-    first = colorize.load_folder(photos, 18, tmp_path / "cache")
+    first = colorize_data.load_folder(photos, 18, tmp_path / "cache")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(photos / "new.jpg")
-    second = colorize.load_folder(photos, 18, tmp_path / "cache")
+    second = colorize_data.load_folder(photos, 18, tmp_path / "cache")
     assert (len(first), len(second)) == (8, 9)
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
@@ -372,7 +372,7 @@ def test_export_parity_at_odd_sizes(tmp_path: Path, bins: Bins, variant: str,
     card = ModelCard(name="colorize", summary="test", architecture="tiny", training_data="none",
                      training_steps="0", metrics={}, facts={"variant": variant, "loss": loss})
     # export_checkpoint's own path: export_model raises ParityError beyond atol 1e-4 / rtol 1e-3.
-    result = colorize.export_colorizer(model, card=card, out_dir=tmp_path)
+    result = colorize_export.export_colorizer(model, card=card, out_dir=tmp_path)
     facts = json.loads(result.facts_path.read_text())
     assert facts["parity"]["checked_shapes"] == [[1, 1, 72, 96], [1, 1, 1, 1], [1, 1, 7, 5],
                                                  [1, 1, 65, 47]]
@@ -388,7 +388,7 @@ def _export_fresh(out: Path, width: float) -> tuple[torch.nn.Module, Path]:
     net = build_net(cfg, 0)
     card = ModelCard(name="colorize", summary="test", architecture="fresh", training_data="none",
                      training_steps="0", metrics={}, facts={})
-    result = colorize.export_colorizer(Colorizer(net, cfg, None, 1.0).eval(), card=card,
+    result = colorize_export.export_colorizer(Colorizer(net, cfg, None, 1.0).eval(), card=card,
                                        out_dir=out)
     return net, result.onnx_path
 
@@ -415,11 +415,10 @@ def test_starting_from_an_export_that_folded_weights_is_refused(tmp_path: Path,
 
 
 @pytest.mark.export
-def test_export_checkpoint_writes_model_sidecar_and_card(
-        tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_checkpoint_writes_model_sidecar_and_card(tmp_path: Path, photos: Path) -> None:
     train(_config(tmp_path, photos, variant="FR", epochs=1, eval_every=5))
-    monkeypatch.setattr(colorize, "VAL_DIR", photos)  # not ../shared/data/color-val
-    result = colorize.export_checkpoint(tmp_path / "run" / "last.pt", out_dir=tmp_path / "out")
+    result = colorize_export.export_checkpoint(tmp_path / "run" / "last.pt",
+                                               out_dir=tmp_path / "out", val_dir=photos)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "colorize.json", "colorize.md", "colorize.onnx"]
     facts = json.loads(result.facts_path.read_text())
@@ -435,5 +434,5 @@ def test_export_checkpoint_writes_model_sidecar_and_card(
     assert card.startswith("# colorize\n") and "Variant FR" in card
     assert "ceil(H/8)*4 x ceil(W/8)*4" in card  # the output size the graph really has
     # The exported file reproduces the checkpoint on a size it was not checked on.
-    model, _ = colorize.load_trained(tmp_path / "run" / "last.pt", torch.device("cpu"))
+    model, _ = colorize_nets.load_trained(tmp_path / "run" / "last.pt", torch.device("cpu"))
     _assert_matches_on_a_new_size(result.onnx_path, model)
