@@ -19,7 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
-BENCHMARKS = ["host_overhead", "watch_latency", "merge", "refit", "superres", "colorize"]
+BENCHMARKS = ["host_overhead", "watch_latency", "merge", "refit", "superres", "colorize",
+              "serve_load"]
 HEADER = """# Benchmarks
 
 Measured with `python benchmarks/run.py` (one command; each section below is rewritten when
