@@ -13,7 +13,7 @@ from imgproc.testing import check_processor
 
 from .conftest import LOCAL_PLUGINS
 
-CONTRACT_BREAKERS = {"explode"}  # the tests' deliberately buggy processor
+CONTRACT_BREAKERS = {"explode", "fault"}  # the tests' deliberately buggy processors
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
