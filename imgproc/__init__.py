@@ -21,10 +21,9 @@ from imgproc.hookspecs import hookimpl
 from imgproc.images import Picture, read_image, write_image
 from imgproc.processor import ModelFile, Option, ProcessFn, Processor
 from imgproc.runtime import Context
-from imgproc.session import Session
+from imgproc.session import Session, open_session
 from imgproc.sizing import output_size, resize, size_options
 from imgproc.tiles import process_tiled, tile_starts
-
 
 __all__ = [
     "API_VERSION",
@@ -42,6 +41,7 @@ __all__ = [
     "Session",
     "UsageError",
     "hookimpl",
+    "open_session",
     "output_size",
     "process_tiled",
     "read_image",

@@ -212,6 +212,12 @@ class SessionPool:
         return opts
 
 
+def open_session(data: bytes, *, name: str, provider: str = "auto") -> Session:
+    """Return a session for an in-memory ONNX model outside any batch (a plugin's own command,
+    such as `imgproc render`), with the provider choice and checks every session gets."""
+    return SessionPool(provider=provider).transient(name, data)
+
+
 def _verify(model: ModelFile) -> None:
     path = Path(model.path)
     if not path.is_file():

@@ -14,7 +14,16 @@ import click
 import numpy as np
 import structlog
 
-from imgproc import Option, Processor, hookimpl, output_size, size_options
+from imgproc import (
+    Option,
+    Picture,
+    Processor,
+    hookimpl,
+    open_session,
+    output_size,
+    size_options,
+    write_image,
+)
 from imgproc_plugins import require_torch
 
 log = structlog.get_logger("imgproc.refit")
@@ -157,15 +166,13 @@ def render(network: Path, width: int | None, height: int | None, scale: float, o
     """Render a network saved by `refit -O save_network=true` at any size, no refitting."""
     import onnx
 
-    from imgproc.images import Picture, write_image
-    from imgproc.session import SessionPool
     from imgproc_plugins import siren
 
     data = network.read_bytes()
     layout, config = siren.stored_fit(onnx.load_from_string(data))
     out_h, out_w = output_size(layout.height, layout.width,
                                {"width": width, "height": height, "scale": scale})
-    session = SessionPool(provider=provider).transient(network.name, data)
+    session = open_session(data, name=network.name, provider=provider)
     pixels = siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], layout, out_h, out_w,
                           pixels_per_unit=config.pixels_per_unit)
     write_image(output, Picture(np.clip(pixels, 0.0, 1.0)))

@@ -7,6 +7,7 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import imgproc
@@ -107,3 +108,11 @@ def test_every_public_name_is_documented() -> None:
     doc = (ROOT / "docs" / "plugins.md").read_text()
     missing = [name for name in imgproc.__all__ if f"`{name}" not in doc]
     assert not missing, f"docs/plugins.md does not document {missing}"
+
+
+def test_open_session_runs_a_model_outside_any_batch(halve_model: imgproc.ModelFile) -> None:
+    session = imgproc.open_session(halve_model.path.read_bytes(), name="halve", provider="cpu")
+    image = np.full((1, 3, 2, 5), 0.8, dtype=np.float32)
+    (out,) = session.run({"image": image})
+    assert session.provider == "CPUExecutionProvider"
+    np.testing.assert_allclose(out, 0.4)
