@@ -37,6 +37,7 @@ class RuntimeSettings:
     cuda_device_id: int = 0  # which GPU the CUDA provider runs on
     cudnn_conv_algo_search: str = "exhaustive"  # per new input shape; heuristic: no search
     cuda_memory_limit_mb: int = 0  # cap on the CUDA memory arena; 0 = none
+    cuda_tf32: bool = False  # TF32 on tensor cores: faster, outputs ~1e-3 from the CPU's
 
     def __post_init__(self) -> None:
         _choice("runtime.provider", self.provider, PROVIDERS)

@@ -152,16 +152,17 @@ def tolerance(model: ModelFile) -> tuple[float, float]:
         return DEFAULT_TOLERANCE
 
 
-def sample_feeds(inputs: Sequence[Any], *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Return small, well-conditioned inputs for a model's input descriptions (name, shape,
-    type): images uniform in [0, 1], square matrices orthonormal (bases), vectors in [1, 2]
-    (never a zero divisor), single values 0.5. Symbolic dimensions get SIDE, SIDE + 16, ..."""
+def sample_feeds(inputs: Sequence[Any], *, side: int = SIDE, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """Return well-conditioned inputs for a model's input descriptions (name, shape, type):
+    images uniform in [0, 1], square matrices orthonormal (bases), vectors in [1, 2] (never a
+    zero divisor), single values 0.5. Symbolic dimensions get side, side + 16, ..."""
     rng = np.random.default_rng(seed)
     sizes: dict[str, int] = {}
     feeds = {}
     for spec in inputs:
         shape = [d if isinstance(d, int) and d > 0 else
-                 sizes.setdefault(str(d), SIDE + 16 * len(sizes)) for d in spec.shape]
+                 sizes.setdefault(str(d), side + 16 * len(sizes)) for d in spec.shape]
         feeds[spec.name] = _sample(shape, rng).astype(_dtype(spec.type))
     return feeds
 

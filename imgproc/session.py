@@ -64,13 +64,15 @@ class CudaOptions:
     device_id: int = 0
     conv_algo_search: str = "exhaustive"  # exhaustive | heuristic | default (cuDNN's)
     memory_limit_mb: int = 0  # cap on the CUDA memory arena; 0 = none
+    tf32: bool = False  # TF32 convolutions and matrix products: faster, ~1e-3 from the CPU
 
 
 def provider_options(provider: str, cuda: CudaOptions) -> dict[str, str]:
     """Return the ONNX Runtime options for one execution provider (empty for the CPU)."""
     if provider == CUDA:
         options = {"device_id": str(cuda.device_id),
-                   "cudnn_conv_algo_search": cuda.conv_algo_search.upper()}
+                   "cudnn_conv_algo_search": cuda.conv_algo_search.upper(),
+                   "use_tf32": "1" if cuda.tf32 else "0"}  # ORT's own default is on
         if cuda.memory_limit_mb:
             options["gpu_mem_limit"] = str(cuda.memory_limit_mb * 1024 * 1024)
             options["arena_extend_strategy"] = "kSameAsRequested"  # stay under the cap
@@ -151,7 +153,7 @@ class SessionPool:
                    intra_op_threads=settings.intra_op_threads,
                    inter_op_threads=settings.inter_op_threads,
                    cuda=CudaOptions(settings.cuda_device_id, settings.cudnn_conv_algo_search,
-                                    settings.cuda_memory_limit_mb))
+                                    settings.cuda_memory_limit_mb, settings.cuda_tf32))
 
     def get(self, model: ModelFile) -> Session:
         """Return the session for `model`, creating it on first use."""

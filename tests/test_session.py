@@ -124,9 +124,9 @@ def test_auto_takes_the_cpu_when_cuda_cannot_run() -> None:
 
 
 @pytest.mark.parametrize(("options", "expected"), [
-    (CudaOptions(), {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
-    (CudaOptions(device_id=1, conv_algo_search="heuristic", memory_limit_mb=2048),
-     {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC",
+    (CudaOptions(), {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"}),
+    (CudaOptions(device_id=1, conv_algo_search="heuristic", memory_limit_mb=2048, tf32=True),
+     {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "1",
       "gpu_mem_limit": str(2048 * 1024 * 1024), "arena_extend_strategy": "kSameAsRequested"}),
 ], ids=["defaults", "configured"])
 def test_cuda_provider_options(options: CudaOptions, expected: dict[str, str]) -> None:
@@ -136,8 +136,9 @@ def test_cuda_provider_options(options: CudaOptions, expected: dict[str, str]) -
 
 def test_config_runtime_keys_reach_the_cuda_options() -> None:
     settings = parse_config({"runtime": {"cuda_device_id": 3, "cuda_memory_limit_mb": 512,
-                                         "cudnn_conv_algo_search": "heuristic"}}).runtime
-    assert SessionPool.from_settings(settings).cuda == CudaOptions(3, "heuristic", 512)
+                                         "cudnn_conv_algo_search": "heuristic",
+                                         "cuda_tf32": True}}).runtime
+    assert SessionPool.from_settings(settings).cuda == CudaOptions(3, "heuristic", 512, True)
     with pytest.raises(ConfigError, match="cudnn_conv_algo_search.*not one of exhaustive"):
         parse_config({"runtime": {"cudnn_conv_algo_search": "fast"}})
 
