@@ -313,10 +313,15 @@ def status(env: Env, journal: Path | None, as_json: bool) -> None:
 @click.option("--queue-size", type=click.IntRange(min=1),
               help="Images accepted and unfinished before 429 [32].")
 @click.option("--provider", type=click.Choice(PROVIDERS), help="Execution provider [auto].")
+@click.option("--engine", help="Where job images run: local threads, or dask (workers must "
+              "see --data-dir at the same path) [config engine.kind].")
+@click.option("--address", help="Dask scheduler for --engine dask [$DASK_SCHEDULER_ADDRESS; "
+              "none: a local cluster per job].")
 @click.pass_obj
 def serve(env: Env, host: str | None, port: int | None, token: str | None,
           data_dir: Path | None, max_upload_mb: int | None, workers: int | None,
-          queue_size: int | None, provider: str | None) -> None:
+          queue_size: int | None, provider: str | None, engine: str | None,
+          address: str | None) -> None:
     """Serve the HTTP API (/v1, docs at /docs) and the web page (/) until Ctrl-C or SIGTERM.
 
     Needs `pip install 'imgproc[serve]'`. Jobs are kept under --data-dir and resume after a
@@ -328,7 +333,9 @@ def serve(env: Env, host: str | None, port: int | None, token: str | None,
         "serve", host=host, port=port, token=token, max_upload_mb=max_upload_mb,
         workers=workers, queue_size=queue_size,
         data_dir=str(data_dir.resolve()) if data_dir else None)
-    run_server(config, registry=env.registry())
+    config = config.replace("engine", kind=engine or ("dask" if address else None),
+                            address=address)
+    run_server(config, registry=env.registry(), plugins_dir=env.plugins_dir)
 
 
 def _describe(registry: Registry) -> dict[str, Any]:

@@ -30,12 +30,16 @@ STATIC = Path(str(resources.files("imgproc.serve") / "static"))
 
 
 def create_app(config: Config, *, registry: Registry | None = None,
-               data_dir: Path | None = None) -> FastAPI:
-    """Return the app serving the API and the web page with `config` (its `serve` section);
-    workers start and stored jobs resume when the app's lifespan starts."""
-    state = ServerState(config, registry if registry is not None else load_registry(),
-                        data_dir or config.serve.data_path(
-                            config.source.parent if config.source else None))
+               data_dir: Path | None = None, plugins_dir: Path | None = None) -> FastAPI:
+    """Return the app serving the API and the web page with `config` (its `serve` section;
+    jobs run on `config.engine`); workers start and stored jobs resume when the app's
+    lifespan starts. Raise UsageError for an engine no plugin provides."""
+    registry = registry if registry is not None else load_registry(plugins_dir=plugins_dir)
+    if config.engine.kind not in registry.engines:
+        raise UsageError(f"no engine {config.engine.kind!r} (available: "
+                         f"{', '.join(sorted(registry.engines)) or 'none'})")
+    state = ServerState(config, registry, data_dir or config.serve.data_path(
+        config.source.parent if config.source else None), plugins_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +47,8 @@ def create_app(config: Config, *, registry: Registry | None = None,
         state.pool.start()
         expiry = jobs.start_expiry(state)
         log.info("serving", data_dir=str(state.data_dir), workers=state.pool.workers,
-                 queue_size=state.pool.capacity, auth=bool(state.token))
+                 queue_size=state.pool.capacity, auth=bool(state.token),
+                 engine=config.engine.kind)
         try:
             yield
         finally:

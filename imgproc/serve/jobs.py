@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import structlog
 
 from imgproc.batch import Job, process_one
+from imgproc.engine import open_engine
 from imgproc.errors import ImgprocError
 from imgproc.images import output_suffix
 from imgproc.serve.errors import ApiError
@@ -43,8 +45,7 @@ def accept(state: ServerState, job_id: str, uploads: list[Upload], *, plugin: st
     except BaseException:
         state.pool.release(len(queued))
         raise
-    for idx in queued:
-        state.pool.submit(_task(state, job_id, idx))
+    _submit(state, job_id, queued)
     state.metrics.count("imgproc_jobs_total", status="accepted")
     state.metrics.count("imgproc_images_total", len(rows) - len(queued), status="failed")
     log.info("job accepted", job=job_id, plugin=plugin, images=len(rows), queued=len(queued))
@@ -70,15 +71,28 @@ def recover(state: ServerState) -> int:
     state.sweep()
     pending = state.store.recover()
     state.pool.reserve(len(pending), force=True)
+    by_job: dict[str, list[int]] = {}
     for job_id, idx in pending:
-        state.pool.submit(_task(state, job_id, idx))
+        by_job.setdefault(job_id, []).append(idx)
+    for job_id, idxs in by_job.items():
+        _submit(state, job_id, idxs)
     if pending:
         log.info("jobs recovered", images=len(pending))
     return len(pending)
 
 
-def _task(state: ServerState, job_id: str, idx: int) -> Callable[[], None]:
-    return lambda: run_image(state, job_id, idx)
+def _submit(state: ServerState, job_id: str, idxs: list[int]) -> None:
+    """Queue a job's images: one task each on local threads, or the whole job as one task
+    handed to the engine (a cluster runs its images in parallel)."""
+    if state.local:
+        for idx in idxs:
+            state.pool.submit(_task(run_image, state, job_id, idx))
+    elif idxs:
+        state.pool.submit(_task(run_on_engine, state, job_id, idxs), images=len(idxs))
+
+
+def _task(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+    return lambda: fn(*args)
 
 
 def run_image(state: ServerState, job_id: str, idx: int) -> None:
@@ -99,6 +113,36 @@ def run_image(state: ServerState, job_id: str, idx: int) -> None:
     outcome = process_one(Job((folder / str(row.input),), folder / "out" / row.output),
                           [step], state.runtime, output)
     _record(state, job_id, row, outcome.status, outcome.reason, outcome.ms)
+
+
+def run_on_engine(state: ServerState, job_id: str, idxs: list[int]) -> None:
+    """Run a job's images `idxs` through the configured engine (e.g. a Dask cluster that sees
+    --data-dir at the same path) and record each outcome as it arrives."""
+    rows = _started(state, job_id, idxs)
+    job = state.store.get(job_id)
+    if job is None or not rows:
+        return
+    folder = state.job_dir(job_id)
+    waiting = {str(folder / "out" / r.output): r for r in rows}
+    try:
+        step = state.step(job.plugin, job.options)
+        config = dataclasses.replace(state.config, output=state.output_settings(job.format))
+        work = [Job((folder / str(r.input),), folder / "out" / r.output) for r in rows]
+        with open_engine(state.registry, config, [step], state.runtime,
+                         plugins_dir=state.plugins_dir) as engine:
+            for outcome in engine.map(work):
+                row = waiting.pop(str(outcome.output))
+                _record(state, job_id, row, outcome.status, outcome.reason, outcome.ms)
+    except ImgprocError as exc:  # the engine could not start: no scheduler, mismatched workers
+        for row in waiting.values():
+            _record(state, job_id, row, "failed", f"engine: {exc}", 0.0)
+
+
+def _started(state: ServerState, job_id: str, idxs: list[int]) -> list[ImageRow]:
+    job = state.store.get(job_id)
+    if job is None:
+        return []
+    return [job.images[i] for i in idxs if state.store.start(job_id, i)]
 
 
 def _record(state: ServerState, job_id: str, row: ImageRow, status: str, reason: str | None,

@@ -32,6 +32,7 @@ class ServerState:
     config: Config
     registry: Registry
     data_dir: Path
+    plugins_dir: Path | None = None  # --plugins-dir, handed to engine workers
     runtime: Runtime = field(init=False)
     store: JobStore = field(init=False)
     pool: WorkerPool = field(init=False)
@@ -44,6 +45,11 @@ class ServerState:
         self.runtime = Runtime(self.config.runtime)
         self.store = JobStore(self.data_dir / "jobs.sqlite")
         self.pool = WorkerPool(workers=serve.workers, capacity=serve.queue_size)
+
+    @property
+    def local(self) -> bool:
+        """Return True when jobs run on this process's threads (engine `local`)."""
+        return self.config.engine.kind == "local"
 
     @property
     def token(self) -> str:

@@ -27,7 +27,7 @@ class WorkerPool:
     def __init__(self, *, workers: int, capacity: int) -> None:
         self.workers = workers
         self.capacity = capacity
-        self._queue: queue.Queue[Task | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Task, int] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0  # accepted, not finished
         self._running = 0
@@ -87,9 +87,9 @@ class WorkerPool:
         with self._lock:
             self._pending -= images
 
-    def submit(self, task: Task) -> None:
-        """Queue a task for which one image was reserved; it is released when the task ends."""
-        self._queue.put(task)
+    def submit(self, task: Task, *, images: int = 1) -> None:
+        """Queue a task for which `images` were reserved; they are released when it ends."""
+        self._queue.put((task, images))
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Return fn() run on a worker thread after the images queued before it; raise Busy
@@ -101,32 +101,34 @@ class WorkerPool:
 
     def _loop(self) -> None:
         while True:
-            task = self._queue.get()
-            if task is None or self._stopping:
-                self._drain(task)
+            item = self._queue.get()
+            if item is None or self._stopping:
+                self._drain(item)
                 return
+            task, images = item
             with self._lock:
-                self._running += 1
+                self._running += images
             start = time.perf_counter()
             try:
                 task()
             except Exception:  # a task's own failure never stops the worker
                 log.exception("serve task failed")
             finally:
+                seconds = (time.perf_counter() - start) / images
                 with self._lock:
-                    self._running -= 1
-                    self._pending -= 1
-                    self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+                    self._running -= images
+                    self._pending -= images
+                    self._seconds = 0.8 * self._seconds + 0.2 * seconds
 
-    def _drain(self, task: Task | None) -> None:
+    def _drain(self, item: tuple[Task, int] | None) -> None:
         """Refuse what is still queued when stopping: a waiting caller gets 503; job images
         stay queued in the store for the next start."""
         while True:
-            if isinstance(task, _Call):
-                task.future.set_exception(Busy("the server is stopping", retry_after=5,
-                                               status=503))
+            if item is not None and isinstance(item[0], _Call):
+                item[0].future.set_exception(Busy("the server is stopping", retry_after=5,
+                                                  status=503))
             try:
-                task = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return
 
