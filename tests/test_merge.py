@@ -265,6 +265,7 @@ def _pair(size: tuple[int, int] = (36, 44)) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@pytest.mark.slow  # fits a SIREN per mode: about 15 s each on two cores (CI: pytest -m slow)
 @pytest.mark.parametrize(("mode", "floor_db"), [("mean", 24.0), ("mixed", 18.0)])
 def test_siren_method_reconstructs_the_gradient_field(mode: str, floor_db: float) -> None:
     a, b = _pair()
