@@ -42,7 +42,12 @@ class Runtime:
 
 
 class Context:
-    """Per-image access to model sessions and tiling; records which providers ran."""
+    """Per-image access to model sessions and tiling; records which providers ran.
+
+    Public (`imgproc.Context`, what `process` gets as `context`): `session`,
+    `transient_session`, `add_output`, `tiled`, `processor` and `provider`. `runtime`,
+    `providers` and `extra_outputs` are the host's side and may change.
+    """
 
     def __init__(self, runtime: Runtime, processor: Processor) -> None:
         self.runtime = runtime
