@@ -188,13 +188,22 @@ def test_process_without_a_file_or_multipart_is_refused(client: TestClient) -> N
     assert answer.status_code == 415 and "multipart" in answer.json()["error"]
 
 
-def test_oversized_upload_is_413_and_leaves_nothing(make_client: MakeClient,
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(("extra", "message"), [
+    (2**20 + 1, "file 'in.png' is larger than the upload limit of 1 MB"),  # found streaming
+    (4 * 2**20, "request body of"),  # refused from Content-Length before reading
+], ids=["streamed", "declared"])
+def test_oversized_upload_is_413_and_leaves_nothing(make_client: MakeClient, tmp_path: Path,
+                                                    extra: int, message: str) -> None:
     client = make_client(serve={"max_upload_mb": 1})
-    big = png() + b"\0" * (2**20 + 1)
-    answer = process(client, big, plugin="identity")
-    assert answer.status_code == 413 and "upload limit of 1 MB" in answer.json()["error"]
+    answer = process(client, png() + b"\0" * extra, plugin="identity")
+    assert answer.status_code == 413 and message in answer.json()["error"]
     assert not list((tmp_path / "data" / "scratch").iterdir())
+
+
+def test_too_many_form_fields_is_413(client: TestClient) -> None:
+    fields = {f"f{i}": (None, "x") for i in range(20)}
+    answer = client.post("/v1/process", files={"file": ("a.png", png()), **fields})
+    assert answer.status_code == 413 and "too many form fields" in answer.json()["error"]
 
 
 def test_pixel_limit_is_422_with_the_reason(make_client: MakeClient) -> None:

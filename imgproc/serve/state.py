@@ -20,6 +20,7 @@ from imgproc.runtime import Runtime
 from imgproc.serve.errors import ApiError
 from imgproc.serve.metrics import Metrics
 from imgproc.serve.store import JobStore
+from imgproc.serve.uploads import Form, receive_form
 from imgproc.serve.workers import WorkerPool
 
 JOB_ID_LENGTH = 32  # uuid4 hex: unguessable, and safe as a folder name
@@ -84,6 +85,14 @@ class ServerState:
             raise ApiError(f"format {fmt!r} is not one of {', '.join(FORMATS)}", status=422)
         return OutputSettings(format=fmt, jpeg_quality=self.config.output.jpeg_quality,
                               webp_quality=self.config.output.webp_quality)
+
+    async def form(self, request: Request, folder: Path, *, max_files: int) -> Form:
+        """Return the request's multipart form, its files streamed into `folder`."""
+        declared = request.headers.get("content-length")
+        return await receive_form(request.headers.get("content-type"), request.stream(), folder,
+                                  max_file_bytes=self.max_file_bytes, max_files=max_files,
+                                  length=int(declared) if declared and declared.isdigit()
+                                  else None)
 
     def scratch(self) -> Path:
         """Return a new empty folder for one synchronous request's files."""

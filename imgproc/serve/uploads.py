@@ -15,6 +15,7 @@ from imgproc.images import SUFFIX_FORMATS
 from imgproc.serve.errors import ApiError, NotAnImage, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024  # a form field (plugin, options, format), never a file
+MAX_FIELDS = 16  # text fields in one form: with MAX_FIELD_BYTES, at most 1 MiB held in memory
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 100
 # Pillow format -> the suffix imgproc writes for it ("same" keeps the input's format).
@@ -118,14 +119,19 @@ def sniff(path: Path, *, max_pixels: int) -> Sniffed:
 
 
 async def receive_form(content_type: str | None, chunks: AsyncIterator[bytes], folder: Path, *,
-                       max_file_bytes: int, max_files: int) -> Form:
+                       max_file_bytes: int, max_files: int, length: int | None = None) -> Form:
     """Return the multipart form read from `chunks`, each file written to `folder` as it
-    arrives (never held whole in memory); raise TooLarge past `max_file_bytes` for one file."""
+    arrives (never held whole in memory); raise TooLarge past `max_file_bytes` for one file,
+    or at once when the declared `length` could not fit."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError("expected a multipart/form-data body", status=415)
+    most = max_files * max_file_bytes + MAX_FIELDS * MAX_FIELD_BYTES + 2**20  # + part headers
+    if length is not None and length > most:
+        raise TooLarge(f"request body of {length} bytes is larger than the upload limit of "
+                       f"{max_file_bytes // 2**20} MB per file ({max_files} file(s) at most)")
     folder.mkdir(parents=True, exist_ok=True)
     collector = _Collector(folder, max_file_bytes=max_file_bytes, max_files=max_files)
     parser = MultipartParser(params[b"boundary"], collector.callbacks())  # type: ignore[arg-type]
@@ -189,6 +195,8 @@ class _Collector:
         self._field = params.get(b"name", b"").decode("utf-8", "replace")
         raw = params.get(b"filename")
         self._filename = None if raw is None else raw.decode("utf-8", "replace")
+        if self._filename is None and len(self.form.fields) >= MAX_FIELDS:
+            raise ApiError(f"too many form fields (at most {MAX_FIELDS})", status=413)
         if self._filename is not None:
             if len(self.form.files) >= self.max_files:
                 raise ApiError(f"too many files (at most {self.max_files} per request)",

@@ -19,7 +19,7 @@ from imgproc.serve.errors import ApiError
 from imgproc.serve.routes.process import FORM_DOC
 from imgproc.serve.state import ServerState, State, parse_options
 from imgproc.serve.store import JobRow
-from imgproc.serve.uploads import media_type, receive_form
+from imgproc.serve.uploads import media_type
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,9 +35,7 @@ async def create(request: Request, state: State) -> JSONResponse:
     job_id = uuid.uuid4().hex
     folder = state.job_dir(job_id)
     try:
-        form = await receive_form(request.headers.get("content-type"), request.stream(),
-                                  folder / "in", max_file_bytes=state.max_file_bytes,
-                                  max_files=state.config.serve.max_files)
+        form = await state.form(request, folder / "in", max_files=state.config.serve.max_files)
         plugin = form.text("plugin")
         options = parse_options(form.text("options"))
         step = state.step(plugin, options)

@@ -13,7 +13,7 @@ from imgproc.batch import Job, process_one
 from imgproc.images import output_suffix
 from imgproc.serve.errors import ApiError
 from imgproc.serve.state import ServerState, State, parse_options
-from imgproc.serve.uploads import media_type, receive_form, sniff
+from imgproc.serve.uploads import media_type, sniff
 
 router = APIRouter(prefix="/v1", tags=["process"])
 
@@ -42,8 +42,7 @@ async def process(request: Request, state: State) -> FileResponse:
 
 
 async def _process(request: Request, state: ServerState, folder: Path) -> FileResponse:
-    form = await receive_form(request.headers.get("content-type"), request.stream(), folder,
-                              max_file_bytes=state.max_file_bytes, max_files=1)
+    form = await state.form(request, folder, max_files=1)
     uploads = form.uploads("file")
     if not uploads:
         raise ApiError("form field 'file' (the image) is required", status=422)
