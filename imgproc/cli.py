@@ -15,12 +15,11 @@ from typing import Any
 
 import click
 
-from imgproc.api_version import API_VERSION, api_mismatch
 from imgproc.config import AFTER, FORMATS, PROVIDERS, Config, WatchRule, find_config, load_config
 from imgproc.errors import ImgprocError, UsageError
 from imgproc.logs import configure_logging
 from imgproc.processor import parse_assignments
-from imgproc.registry import Registry, load_registry
+from imgproc.registry import Registry, describe, load_registry
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
 def plugins(env: Env, as_json: bool) -> None:
     """List every processor found, its options and models, and plugins that failed to load."""
     registry = env.registry()
-    data = _describe(registry)
+    data = describe(registry)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -336,19 +335,6 @@ def serve(env: Env, host: str | None, port: int | None, token: str | None,
     config = config.replace("engine", kind=engine or ("dask" if address else None),
                             address=address)
     run_server(config, registry=env.registry(), plugins_dir=env.plugins_dir)
-
-
-def _describe(registry: Registry) -> dict[str, Any]:
-    processors = [{
-        "name": r.processor.name, "summary": r.processor.summary, "plugin": r.plugin,
-        "distribution": r.distribution, "version": r.version, "inputs": r.processor.inputs,
-        "options": [o.describe() for o in r.processor.options],
-        "models": [m.describe() for m in r.processor.models],
-        "api_version": r.api_version, "api_warning": api_mismatch(r.api_version),
-    } for r in sorted(registry.processors.values(), key=lambda r: r.processor.name)]
-    failures = [{"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
-                for f in registry.failures]
-    return {"api_version": API_VERSION, "processors": processors, "failures": failures}
 
 
 class _progress:

@@ -16,7 +16,7 @@ import pluggy
 import structlog
 
 from imgproc import hookspecs
-from imgproc.api_version import declared_api
+from imgproc.api_version import API_VERSION, api_mismatch, declared_api
 from imgproc.errors import PluginNotFound
 from imgproc.processor import Processor
 
@@ -64,6 +64,21 @@ class Registry:
             known = ", ".join(sorted(self.processors)) or "none installed"
             raise PluginNotFound(f"no plugin provides processor {name!r} (available: {known})")\
                 from None
+
+
+def describe(registry: Registry) -> dict[str, Any]:
+    """Return what `imgproc plugins --json` prints (and GET /v1/plugins serves): every
+    processor with its options, models and plugin API, and the plugins set aside."""
+    processors = [{
+        "name": r.processor.name, "summary": r.processor.summary, "plugin": r.plugin,
+        "distribution": r.distribution, "version": r.version, "inputs": r.processor.inputs,
+        "options": [o.describe() for o in r.processor.options],
+        "models": [m.describe() for m in r.processor.models],
+        "api_version": r.api_version, "api_warning": api_mismatch(r.api_version),
+    } for r in sorted(registry.processors.values(), key=lambda r: r.processor.name)]
+    failures = [{"plugin": f.plugin, "distribution": f.distribution, "reason": f.reason}
+                for f in registry.failures]
+    return {"api_version": API_VERSION, "processors": processors, "failures": failures}
 
 
 def make_plugin_manager() -> pluggy.PluginManager:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from imgproc.registry import describe
 from imgproc.serve.state import State
 
 router = APIRouter(prefix="/v1", tags=["plugins"])
@@ -14,9 +15,7 @@ router = APIRouter(prefix="/v1", tags=["plugins"])
 @router.get("/plugins")
 def plugins(state: State) -> dict[str, Any]:
     """Return what `imgproc plugins --json` prints; `http` says whether the API can run it."""
-    from imgproc.cli import _describe
-
-    data = _describe(state.registry)
+    data = describe(state.registry)
     for entry in data["processors"]:
         entry["http"] = entry["inputs"] == 1
     return data
