@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -141,3 +142,42 @@ def test_sigterm_finishes_the_image_in_hand_and_exits_within_seconds(data_dir: P
                         what="the rest after restart")
         assert [i["status"] for i in done["images"]] == ["done", "done"]
         assert again.terminate()
+
+
+@pytest.mark.slow
+def test_eight_concurrent_clients_get_no_5xx_and_every_429_says_when(data_dir: Path) -> None:
+    statuses: list[int] = []
+    missing_retry_after: list[int] = []
+
+    def client_loop(server: ServerProcess, seed: int) -> None:
+        with server.client() as client:
+            for n in range(5):
+                while True:
+                    answer = client.post("/v1/process", files={"file": ("x.png", png(seed + n))},
+                                         data={"plugin": "identity", "options": '{"scale": 2}'})
+                    statuses.append(answer.status_code)
+                    if answer.status_code != 429:
+                        break
+                    if "retry-after" not in answer.headers:
+                        missing_retry_after.append(seed + n)
+                        break
+                    time.sleep(float(answer.headers["retry-after"]) / 4)  # impatient clients
+
+    with ServerProcess(data_dir, "--queue-size", "3") as server:
+        threads = [threading.Thread(target=client_loop, args=(server, 10 * i)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        peak_mib = _status_kib(server.pid, "VmHWM") / 1024
+        assert server.terminate()
+    assert statuses.count(200) == 40 and set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(429) > 0 and missing_retry_after == []
+    assert peak_mib < 400, f"server peak RSS {peak_mib:.0f} MiB"
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{key} not in /proc/{pid}/status")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+
+import structlog
 
 from imgproc.config import Config
 from imgproc.errors import UsageError
@@ -10,6 +13,7 @@ from imgproc.registry import Registry
 from imgproc.serve.auth import check_bind
 
 GRACEFUL_SECONDS = 10  # open requests get this long after SIGTERM; images in hand then finish
+log = structlog.get_logger("imgproc.serve")
 
 
 def run_server(config: Config, *, registry: Registry, data_dir: Path | None = None,
@@ -25,6 +29,24 @@ def run_server(config: Config, *, registry: Registry, data_dir: Path | None = No
         raise UsageError(f"imgproc serve needs its extra: pip install 'imgproc[serve]' "
                          f"({exc.name} is missing)") from None
     app = create_app(config, registry=registry, data_dir=data_dir, plugins_dir=plugins_dir)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=GRACEFUL_SECONDS,
-                server_header=False)
+    sock = bind(settings.host, settings.port)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=None, access_log=False, server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info("listening", url=f"http://{host}:{sock.getsockname()[1]}/")
+    with sock:
+        server.run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Return a TCP socket bound to host:port (port 0: any free one); UsageError if taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
