@@ -266,6 +266,13 @@ def test_full_queue_answers_429_with_retry_after(make_client: MakeClient) -> Non
     assert 'imgproc_rejected_total{status="429"} 2' in metrics
 
 
+def test_a_job_larger_than_the_queue_is_413_not_429(make_client: MakeClient) -> None:
+    client = make_client(serve={"queue_size": 2})
+    files = [("files", (f"{i}.png", png(seed=i))) for i in range(3)]
+    answer = client.post("/v1/jobs", files=files, data={"plugin": "identity"})
+    assert answer.status_code == 413 and "send it in parts" in answer.json()["error"]
+
+
 def test_job_events_stream_until_done(client: TestClient) -> None:
     job = client.post("/v1/jobs", files=[("files", ("a.png", png()))],
                       data={"plugin": "slow", "options": '{"seconds": 0.2}'}).json()

@@ -39,6 +39,9 @@ def accept(state: ServerState, job_id: str, uploads: list[Upload], *, plugin: st
     rows = [ImageRow(job_id, r.idx, n, r.input, o, r.status, r.reason)
             for r, n, o in zip(rows, names, outputs, strict=True)]
     queued = [r.idx for r in rows if r.status == "queued"]
+    if len(queued) > state.pool.capacity:  # would never fit: waiting cannot help
+        raise ApiError(f"a job of {len(queued)} images is larger than the queue "
+                       f"({state.pool.capacity}); send it in parts", status=413)
     state.pool.reserve(len(queued))  # Busy (429) when full: nothing is recorded
     try:
         state.store.create(job_id, plugin=plugin, options=dict(options), fmt=fmt, images=rows)
