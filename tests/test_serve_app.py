@@ -122,6 +122,12 @@ def test_serve_cli_refuses_an_open_bind_without_a_token(run_cli: Callable[..., A
     assert result.exit_code == 2 and "without a token" in result.output
 
 
+def test_a_second_server_on_the_same_data_dir_is_refused(client: TestClient, tmp_path: Path,
+                                                          registry: Registry) -> None:
+    with pytest.raises(UsageError, match="another imgproc serve is using"):
+        create_app(Config(), registry=registry, data_dir=tmp_path / "data")
+
+
 def test_token_guards_v1_but_not_health(make_client: MakeClient) -> None:
     client = make_client(serve={"token": "s3cret"})
     assert client.get("/healthz").json()["auth"] is True

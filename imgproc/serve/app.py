@@ -55,7 +55,7 @@ def create_app(config: Config, *, registry: Registry | None = None,
             state.stopped.set()
             state.pool.stop()  # each worker finishes the image in hand; the rest stay queued
             expiry.join(5)
-            state.store.close()
+            state.close()
             log.info("stopped")
 
     app = FastAPI(title="imgproc", summary="Batch image processing with plugins, over HTTP.",

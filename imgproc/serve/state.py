@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import threading
 import uuid
@@ -15,6 +17,7 @@ from fastapi import Depends, Request
 
 from imgproc.batch import Step
 from imgproc.config import FORMATS, Config, OutputSettings
+from imgproc.errors import UsageError
 from imgproc.registry import Registry
 from imgproc.runtime import Runtime
 from imgproc.serve.errors import ApiError
@@ -43,6 +46,7 @@ class ServerState:
     def __post_init__(self) -> None:
         serve = self.config.serve
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self._hold = _hold(self.data_dir / "server.lock")
         self.runtime = Runtime(self.config.runtime)
         self.store = JobStore(self.data_dir / "jobs.sqlite")
         self.pool = WorkerPool(workers=serve.workers, capacity=serve.queue_size)
@@ -106,6 +110,11 @@ class ServerState:
             raise ApiError(f"no job {job_id!r}", status=404)
         return self.data_dir / "jobs" / job_id
 
+    def close(self) -> None:
+        """Close the job store and let another server use the data folder."""
+        self.store.close()
+        os.close(self._hold)
+
     def sweep(self) -> None:
         """Remove scratch files and job folders that no stored job owns (a killed process's)."""
         shutil.rmtree(self.data_dir / "scratch", ignore_errors=True)
@@ -113,6 +122,19 @@ class ServerState:
         for folder in (self.data_dir / "jobs").iterdir():
             if folder.name not in known:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _hold(path: Path) -> int:
+    """Return an open lock file held exclusively by this process (the kernel drops it however
+    the process ends); UsageError when another server holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"another imgproc serve is using {path.parent} (--data-dir): two "
+                         "servers would run each other's jobs") from None
+    return fd
 
 
 def parse_options(raw: str | None) -> dict[str, Any]:
