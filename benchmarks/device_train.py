@@ -9,6 +9,7 @@ carry. `python device_train.py --amp MODULE ARGS...` runs a trainer under bf16 a
 
 from __future__ import annotations
 
+import contextlib
 import runpy
 import signal
 import subprocess
@@ -117,13 +118,17 @@ def load(checkpoint: Path) -> dict[str, Any]:
 
 
 def amp_main(module: str, args: list[str]) -> None:
-    """Run `python -m module args...` under bf16 autocast, cuDNN autotuning and TF32."""
+    """Run `python -m module args...` under bf16 autocast, cuDNN autotuning and TF32 when
+    torch sees a GPU; as it is otherwise."""
     import torch
 
-    torch.backends.cudnn.benchmark = True  # fixed patch sizes: tune each convolution once
-    torch.backends.cuda.matmul.allow_tf32 = True
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: tune each convolution once
+        torch.backends.cuda.matmul.allow_tf32 = True
     sys.argv = [module, *args]
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext()
+    with amp:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
