@@ -148,13 +148,14 @@ def test_sigterm_finishes_the_image_in_hand_and_exits_within_seconds(data_dir: P
 def test_eight_concurrent_clients_get_no_5xx_and_every_429_says_when(data_dir: Path) -> None:
     statuses: list[int] = []
     missing_retry_after: list[int] = []
+    slow_options = '{"seconds": 0.05}'  # 8 clients outpace one worker: the queue of 3 fills
 
     def client_loop(server: ServerProcess, seed: int) -> None:
         with server.client() as client:
             for n in range(5):
                 while True:
                     answer = client.post("/v1/process", files={"file": ("x.png", png(seed + n))},
-                                         data={"plugin": "identity", "options": '{"scale": 2}'})
+                                         data={"plugin": "slow", "options": slow_options})
                     statuses.append(answer.status_code)
                     if answer.status_code != 429:
                         break
