@@ -66,6 +66,12 @@ def test_every_route_over_http_with_a_token(data_dir: Path) -> None:
                                    "format": "webp"})
         assert single.status_code == 200 and single.headers["content-type"] == "image/webp"
         assert Image.open(io.BytesIO(single.content)).size == (96, 72)
+        for fields, data, status in [({"plugin": "nope"}, png(), 422),
+                                     ({"plugin": "identity", "options": '{"scale": 0}'}, png(),
+                                      422),
+                                     ({"plugin": "identity"}, b"%PDF-1.4 not an image", 415)]:
+            refused = client.post("/v1/process", files={"file": ("x.png", data)}, data=fields)
+            assert refused.status_code == status and refused.json()["error"]
         too_big = client.post("/v1/process", files={"file": ("x.png", b"\0" * (2**20 + 10))},
                               data={"plugin": "identity"})
         assert too_big.status_code == 413
