@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ class Cadence:
     log_every: int = 0
 
 
-class TrainingRun:
+class TrainingRun(ABC):
     """A resumable run in `out`: model, Adam, cosine schedule, history, random states.
 
     `last.pt` holds model, optimizer, scheduler, `<unit>` (units done), seconds (training
@@ -118,14 +119,14 @@ class TrainingRun:
 
     # --- what a trainer provides ------------------------------------------------------------
 
+    @abstractmethod
     def train_unit(self) -> float | None:
         """Return the loss of one unit of training, or None when a stop request cut it short
         (the unit is then not counted and the run stops without checkpointing it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validate(self, loss: float) -> dict[str, Any]:
         """Return the measurements of this validation row (after `<unit>`, seconds, loss)."""
-        raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
         """Return what this trainer adds to last.pt."""
@@ -133,9 +134,11 @@ class TrainingRun:
 
     def check_resumable(self, checkpoint: dict[str, Any]) -> None:
         """Raise ValueError when last.pt belongs to a run this configuration cannot continue."""
+        return None  # by default any last.pt in `out` is this run's
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Restore this trainer's own state from last.pt (beyond what the loop restores)."""
+        return None  # by default the loop restores everything
 
     def describe(self, row: dict[str, Any]) -> str:
         """Return the log line of a validation row."""
