@@ -26,6 +26,7 @@ from imgproc import (
 )
 from imgproc_plugins import require_torch
 
+IMGPROC_API_VERSION = "1.0"
 log = structlog.get_logger("imgproc.refit")
 OUTPUTS = ("gradient", "laplacian")
 
