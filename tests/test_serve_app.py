@@ -20,7 +20,7 @@ from imgproc.config import Config, parse_config
 from imgproc.errors import ConfigError, UsageError
 from imgproc.registry import Registry
 from imgproc.serve.app import create_app
-from imgproc.serve.auth import check_bind
+from imgproc.serve.server import check_bind
 from imgproc.serve.uploads import safe_name, unique_names
 
 MakeClient = Callable[..., TestClient]

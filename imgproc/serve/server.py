@@ -1,7 +1,11 @@
-"""Run the app under uvicorn: refuse an open bind without a token, stop gracefully on SIGTERM."""
+"""Run the app under uvicorn: refuse an open bind without a token, stop gracefully on SIGTERM.
+
+Imports nothing of the serve extra until the checks pass, so a missing extra is a clear error.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -10,7 +14,6 @@ import structlog
 from imgproc.config import Config
 from imgproc.errors import UsageError
 from imgproc.registry import Registry
-from imgproc.serve.auth import check_bind
 
 GRACEFUL_SECONDS = 10  # open requests get this long after SIGTERM; images in hand then finish
 log = structlog.get_logger("imgproc.serve")
@@ -50,3 +53,21 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    """Return True when `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str) -> None:
+    """Raise UsageError when asked to listen beyond this machine without a token."""
+    if not token and not is_loopback(host):
+        raise UsageError(f"refusing to listen on {host} without a token: anyone who can reach "
+                         "it could run jobs. Set --token (or IMGPROC_TOKEN, or serve.token), "
+                         "or bind 127.0.0.1")
