@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -120,6 +121,13 @@ def test_bad_serve_config_names_the_key(data: dict[str, Any], key: str) -> None:
 def test_serve_cli_refuses_an_open_bind_without_a_token(run_cli: Callable[..., Any]) -> None:
     result = run_cli("serve", "--host", "0.0.0.0")
     assert result.exit_code == 2 and "without a token" in result.output
+
+
+def test_serve_without_its_extra_names_the_extra(run_cli: Callable[..., Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    result = run_cli("serve", "--port", "1")
+    assert result.exit_code == 2 and "pip install 'imgproc[serve]'" in result.output
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(client: TestClient, tmp_path: Path,
