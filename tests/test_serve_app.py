@@ -149,6 +149,16 @@ def test_token_guards_v1_but_not_health(make_client: MakeClient) -> None:
     assert client.get("/v1/plugins", headers=good).status_code == 200
 
 
+@pytest.mark.parametrize(("origins", "allowed"), [("", None),
+                                                  ("https://shop.example", "https://shop.example")],
+                         ids=["none-by-default", "configured"])
+def test_cors_only_when_configured(make_client: MakeClient, origins: str,
+                                   allowed: str | None) -> None:
+    client = make_client(serve={"cors_origins": origins})
+    answer = client.get("/v1/plugins", headers={"Origin": "https://shop.example"})
+    assert answer.headers.get("access-control-allow-origin") == allowed
+
+
 def test_plugins_lists_options_and_what_http_can_run(client: TestClient) -> None:
     found = {p["name"]: p for p in client.get("/v1/plugins").json()["processors"]}
     scale = next(o for o in found["identity"]["options"] if o["name"] == "scale")
