@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 import onnxruntime as ort  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from exporters import (  # noqa: E402
@@ -340,6 +341,27 @@ def test_the_fully_connected_siren_trains_an_epoch(tmp_path: Path) -> None:
     assert row["epoch"] == 1 and set(row) == HISTORY_KEYS
     assert all(math.isfinite(row[key]) for key in HISTORY_KEYS)
     assert isinstance(trainer.net, colorize_nets.FCSiren)
+
+
+def test_the_commands_find_their_data_under_data(tmp_path: Path, photos: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the image cache goes to ./runs/colorize-cache
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "color-train").symlink_to(photos)
+    (data / "color-val").symlink_to(photos)
+    train_args = ["train", "--out", str(tmp_path / "run"), "--width", str(WIDTH), "--size",
+                  "16", "--batch", "4", "--epochs", "1", "--device", "cpu", "--data", str(data)]
+    result = CliRunner().invoke(colorize.cli, train_args)
+    assert result.exit_code == 0, result.output
+    config = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["config"]
+    assert (config["train_dir"], config["val_dir"]) == (str(data / "color-train"),
+                                                        str(data / "color-val"))
+    ckpt = str(tmp_path / "run" / "last.pt")
+    result = CliRunner().invoke(colorize.cli, ["evaluate", "--ckpt", ckpt, "--data", str(data)])
+    assert result.exit_code == 0 and "color-val (8 images)" in result.output, result.output
+    missing = CliRunner().invoke(colorize.cli, [*train_args[:-1], str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "nowhere/color-train does not exist" in missing.output
 
 
 # --- export ------------------------------------------------------------------------------------
