@@ -1,4 +1,5 @@
-"""imgproc's built-in plugins, each registered through the `imgproc` entry-point group."""
+"""imgproc's built-in plugins, each registered through the `imgproc` entry-point group and
+written against the public plugin API alone (what `imgproc` exports; plugins/README.md)."""
 
 from __future__ import annotations
 
