@@ -104,10 +104,12 @@ def test_plugins_import_only_the_public_api(path: Path) -> None:
     assert not private, f"{path.relative_to(ROOT)} imports {private}: use what `imgproc` exports"
 
 
-def test_every_public_name_is_documented() -> None:
-    doc = (ROOT / "docs" / "plugins.md").read_text()
-    missing = [name for name in imgproc.__all__ if f"`{name}" not in doc]
-    assert not missing, f"docs/plugins.md does not document {missing}"
+@pytest.mark.parametrize(("page", "form"), [("docs/plugins.md", "`{}"), ("CHANGELOG.md", "`{}`")],
+                         ids=["docs", "changelog"])
+def test_every_public_name_is_documented_and_in_the_changelog(page: str, form: str) -> None:
+    text = (ROOT / page).read_text()
+    missing = [name for name in imgproc.__all__ if form.format(name) not in text]
+    assert not missing, f"{page} does not name {missing}"
 
 
 def test_open_session_runs_a_model_outside_any_batch(halve_model: imgproc.ModelFile) -> None:
