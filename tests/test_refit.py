@@ -165,7 +165,7 @@ def test_grouped_fitting_matches_one_batch(photo: np.ndarray,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     config = dataclasses.replace(QUICK, steps=15, target_psnr=99.0)
     whole = siren.fit_image(photo, config)
-    monkeypatch.setattr(siren, "GROUP_TILES", 4)  # many groups of independent tile networks
+    monkeypatch.setattr(siren.fit, "GROUP_TILES", 4)  # many groups of independent tile networks
     grouped = siren.fit_image(photo, config)
     assert len(whole.layout.tiles) > 4
     # Adam is blind to the loss's scale and tiles share nothing: the same networks result, up

@@ -1,0 +1,171 @@
+"""Fitting a tile-network grid to an image (or, for merge, to a gradient field)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imgproc_plugins.siren import learned
+from imgproc_plugins.siren.network import Layout, SirenConfig, TiledSiren
+
+
+@dataclass
+class Fit:
+    """A fitted image: the model, its layout and how the fit went."""
+
+    model: TiledSiren
+    layout: Layout
+    config: SirenConfig
+    steps: int
+    psnr: float
+    seconds: float
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # step, s, psnr
+
+
+def pixel_coords(layout: Layout, pixels_per_unit: float) -> torch.Tensor:
+    """Return every tile's own pixel centres in tile-local coordinates [tiles, th*tw, 2]
+    (origin at the tile centre, `pixels_per_unit` pixels per unit)."""
+    _, _, th, tw = layout.tiles[0]
+    v = ((torch.arange(th) + 0.5) - th / 2) / pixels_per_unit
+    u = ((torch.arange(tw) + 0.5) - tw / 2) / pixels_per_unit
+    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(1, -1, 2)
+    return grid.expand(len(layout.tiles), -1, -1).contiguous()
+
+
+def tile_targets(values: np.ndarray, layout: Layout) -> torch.Tensor:
+    """Return each tile's pixels [tiles, th*tw, channels] from an H x W x C array."""
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(
+        values[y:y + h, x:x + w])).reshape(h * w, -1) for y, x, h, w in layout.tiles])
+
+
+# loss(model, coords, out, tiles): `model` holds the networks of tiles[tiles] (a slice of the
+# layout), `coords` their pixel centres and `out` the model there.
+Objective = Callable[[TiledSiren, torch.Tensor, torch.Tensor, slice], torch.Tensor]
+GROUP_TILES = 512  # tile networks trained at once: bounds memory on large images
+# Below this many tile pixels one thread beats two: each op is too small to share, and on a
+# busy machine every op then waits for the second thread (a 36x44 merge fit: 124 s -> 9 s).
+SMALL_WORK = 32 * 1024
+History = list[tuple[int, float, float]]  # (step, seconds, psnr before the step)
+
+
+def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None = None,
+              init: learned.LearnedInit | None = None) -> Fit:
+    """Return a SIREN grid fitted to an H x W x C float image (MSE on its pixels by default).
+
+    The tile networks are independent, so a large image is fitted GROUP_TILES tiles at a time
+    (memory stays bounded; each group stops on its own). `loss`, when given, is minimised
+    instead of the MSE; the PSNR that stops a group is still measured against `image`
+    (gradient supervision for the merge plugin uses this). `init`, when given, is a learned
+    initialisation (`siren.learned`): the fit starts there and takes its learned steps first.
+    """
+    layout = Layout.for_image(image.shape[0], image.shape[1], config.tile, config.overlap)
+    model = TiledSiren(len(layout.tiles), channels=image.shape[2], config=config)
+    coords = pixel_coords(layout, config.pixels_per_unit)
+    target = tile_targets(image.astype(np.float32), layout)
+    objective = loss or (lambda m, c, out, tiles: torch.mean((out - target[tiles]) ** 2))
+    start, history, steps, squared = time.perf_counter(), [], 0, 0.0
+    with _threads(1 if target.shape[0] * target.shape[1] < SMALL_WORK else None):
+        for first in range(0, len(layout.tiles), GROUP_TILES):
+            tiles = slice(first, first + GROUP_TILES)
+            budget = config.max_seconds * len(range(*tiles.indices(len(layout.tiles)))) / len(
+                layout.tiles)
+            group = model.take(tiles)
+            history = _learned_start(group, coords[tiles], target[tiles], init) if init else []
+            history += _train(group, coords[tiles], target[tiles],
+                              functools.partial(_on_tiles, objective, tiles), config, budget,
+                              done=history)
+            model.put(tiles, group)
+            steps = max(steps, history[-1][0] if history else 0)
+            with torch.no_grad():
+                squared += float(torch.sum((group(coords[tiles]) - target[tiles]) ** 2))
+    psnr = _psnr(squared / target.numel())
+    return Fit(model, layout, config, steps, psnr, time.perf_counter() - start, history)
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` torch threads (None: as configured)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _learned_start(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
+                   init: learned.LearnedInit) -> History:
+    """Start `model` from the learned initialisation, take its learned steps; return them."""
+    begin = time.perf_counter()
+    params = learned.leaves(learned.start(init, coords, target))
+    params, errors = learned.adapt(params, coords, target, init.step_lrs.exp())
+    learned.load_into(model, params)
+    seconds = time.perf_counter() - begin
+    return [(k + 1, seconds, _psnr(error)) for k, error in enumerate(errors)]
+
+
+def _on_tiles(objective: Objective, tiles: slice, model: TiledSiren, coords: torch.Tensor,
+              out: torch.Tensor) -> torch.Tensor:
+    return objective(model, coords, out, tiles)
+
+
+def _train(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
+           objective: Callable[[TiledSiren, torch.Tensor, torch.Tensor], torch.Tensor],
+           config: SirenConfig, budget: float, *, done: History) -> History:
+    """Train one group of tile networks with Adam after the `done` steps (a learned start);
+    return the (step, seconds, psnr) history of the steps it took."""
+    optimiser = torch.optim.Adam(model.param_groups(config.lr))
+    begin, history = time.perf_counter(), []
+    elapsed = done[-1][1] if done else 0.0
+    for step in range(len(done) + 1, config.steps + 1):
+        optimiser.zero_grad(set_to_none=True)
+        out = model(coords)
+        objective(model, coords, out).backward()
+        optimiser.step()
+        psnr = _psnr(float(torch.mean((out.detach() - target) ** 2)))
+        history.append((step, elapsed + time.perf_counter() - begin, psnr))
+        if psnr >= config.target_psnr or (budget and history[-1][1] >= budget):
+            break
+    return history
+
+
+def gradient_objective(gx: np.ndarray, gy: np.ndarray, means_of: np.ndarray,
+                       layout: Layout, pixels_per_unit: float) -> Objective:
+    """Return a loss matching the network's forward differences to a target gradient field
+    (gx, gy: H x W x C, forward differences, 0 at the far edges) - gradient supervision.
+
+    Differences of the network one pixel apart are compared with the discrete field, the
+    quantity the exact Poisson solve matches too. Gradients leave each tile's constant free,
+    so each tile's mean is tied to that of `means_of` (e.g. the exact solve) as well.
+    """
+    tx, ty = tile_targets(gx, layout), tile_targets(gy, layout)
+    height, width = gx.shape[:2]
+    valid_x = np.ones((height, width, 1), np.float32)
+    valid_x[:, -1] = 0.0  # no neighbour to the right of the last column
+    valid_y = np.ones((height, width, 1), np.float32)
+    valid_y[-1] = 0.0
+    mx, my = tile_targets(valid_x, layout), tile_targets(valid_y, layout)
+    means = tile_targets(means_of.astype(np.float32), layout).mean(dim=1)
+    step = 1.0 / pixels_per_unit
+
+    def loss(model: TiledSiren, coords: torch.Tensor, out: torch.Tensor,
+             tiles: slice) -> torch.Tensor:
+        dx = model(coords + coords.new_tensor([step, 0.0])) - out
+        dy = model(coords + coords.new_tensor([0.0, step])) - out
+        fit = torch.mean(mx[tiles] * (dx - tx[tiles]) ** 2) \
+            + torch.mean(my[tiles] * (dy - ty[tiles]) ** 2)
+        return fit + torch.mean((out.mean(dim=1) - means[tiles]) ** 2)
+
+    return loss
+
+
+def _psnr(mse: float) -> float:
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf

@@ -1,0 +1,62 @@
+"""A fitted tile grid as an ONNX graph written directly (MatMul, Add, Sin with the weights as
+initializers): no tracing, so nothing about image size is baked in; the layout and settings
+travel in its metadata so `imgproc render` can sample it again later."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from imgproc_plugins.siren.fit import Fit
+from imgproc_plugins.siren.network import Layout, SirenConfig
+
+ONNX_INPUT, ONNX_OUTPUT = "coords", "values"
+
+
+def to_onnx(fit: Fit, *, facts: dict[str, Any] | None = None) -> onnx.ModelProto:
+    """Return the fitted network as an ONNX model: coords [tiles, points, 2] -> values; the
+    layout, config and `facts` go into its metadata so it can be rendered again later."""
+    model = fit.model
+    inits, nodes, h = [], [], ONNX_INPUT
+    for i, (weight, bias) in enumerate(zip(model.weights, model.biases, strict=True)):
+        inits += [_init(f"w{i}", weight), _init(f"b{i}", bias)]
+        nodes += [helper.make_node("MatMul", [h, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"]),
+                  helper.make_node("Sin", [f"z{i}"], [f"h{i}"])]
+        h = f"h{i}"
+    inits += [_init("w_out", model.out_weight), _init("b_out", model.out_bias)]
+    nodes += [helper.make_node("MatMul", [h, "w_out"], ["m_out"]),
+              helper.make_node("Add", ["m_out", "b_out"], [ONNX_OUTPUT])]
+    tiles, channels = model.out_weight.shape[0], model.out_weight.shape[2]
+    graph = helper.make_graph(
+        nodes, "tiled_siren",
+        [helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, [tiles, "points", 2])],
+        [helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT,
+                                       [tiles, "points", channels])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="imgproc.siren")
+    proto.ir_version = 8
+    meta = {"layout": json.dumps(asdict(fit.layout)), "config": json.dumps(asdict(fit.config)),
+            "fit": json.dumps({"steps": fit.steps, "psnr": fit.psnr, "seconds": fit.seconds}),
+            **{k: json.dumps(v) for k, v in (facts or {}).items()}}
+    helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _init(name: str, tensor: torch.Tensor) -> TensorProto:
+    return numpy_helper.from_array(tensor.detach().numpy().astype(np.float32), name)
+
+
+def stored_fit(proto: onnx.ModelProto) -> tuple[Layout, SirenConfig]:
+    """Return the layout and config stored in a fitted network's metadata."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    data = json.loads(meta["layout"])
+    layout = Layout(data["height"], data["width"], [tuple(t) for t in data["tiles"]])
+    return layout, SirenConfig(**json.loads(meta["config"]))
