@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 BENCHMARKS = ["host_overhead", "watch_latency", "merge", "refit", "superres", "colorize",
-              "serve_load"]
+              "engines", "serve_load"]
 HEADER = """# Benchmarks
 
 Measured with `python benchmarks/run.py` (one command; each section below is rewritten when

@@ -9,6 +9,7 @@ elsewhere, and an image that kills every worker it touches fails alone ("worker 
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import threading
@@ -60,8 +61,9 @@ class DaskEngine:
             raise
         self.work = work
         self._batch = secrets.token_hex(4)
-        self._submitted = 0
+        self._numbers = itertools.count()  # task keys; next() is atomic, map may run in threads
         self._checked = False
+        self._check_lock = threading.Lock()
         log.info("dask engine ready", scheduler=self.client.scheduler.address,
                  workers=len(self.client.nthreads()), local=self.cluster is not None,
                  dashboard=self.client.dashboard_link if settings.dashboard else None)
@@ -72,16 +74,27 @@ class DaskEngine:
         first = next(todo, None)
         if first is None:
             return
-        if not self._checked:
-            self.check(first)
+        with self._check_lock:
+            if not self._checked:
+                self.check(first)
         pending: dict[str, tuple[Future, Job]] = {}
         window = max(16, 4 * sum(self.client.nthreads().values()))  # bounds scheduler memory
+        # Results are fetched as each task ends, in the background: an Outcome still held by a
+        # worker that dies next is lost and recomputed, so fetch it while the worker lives.
         running = as_completed([self._submit(job, pending) for job in _chain(first, todo, window)],
-                               loop=self.client.loop)
+                               loop=self.client.loop, with_results=True, raise_errors=False)
+        retried: set[Path] = set()
         try:
-            for future in running:
+            for future, value in running:
                 _, job = pending.pop(future.key)
-                yield _outcome(future, job)
+                result = _unwrapped(value)
+                if isinstance(result, KilledWorker) and job.output not in retried:
+                    # A worker death blames every image the worker held, not only the one that
+                    # killed it: a second, fresh task tells an innocent neighbour apart.
+                    retried.add(job.output)
+                    running.add(self._submit(job, pending))
+                    continue
+                yield _outcome(result, job, tries=2 if job.output in retried else 1)
                 following = next(todo, None)
                 if following is not None:
                     running.add(self._submit(following, pending))
@@ -110,8 +123,7 @@ class DaskEngine:
         self._checked = True
 
     def _submit(self, job: Job, pending: dict[str, tuple[Future, Job]]) -> Future:
-        key = f"imgproc-{self._batch}-{self._submitted}"
-        self._submitted += 1
+        key = f"imgproc-{self._batch}-{next(self._numbers)}"
         future = self.client.submit(run_job, self.work, _absolute(job), key=key, pure=False)
         pending[key] = (future, job)
         return future
@@ -162,10 +174,13 @@ def _connect(address: str, timeout: float) -> Client:
 
 def _local_cluster(work: Work, settings: EngineSettings) -> LocalCluster:
     env = {PLUGINS_DIR_ENV: str(work.plugins_dir.absolute())} if work.plugins_dir else {}
-    return LocalCluster(n_workers=settings.workers or os.cpu_count() or 1,
-                        threads_per_worker=settings.threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=settings.dashboard or None,
-                        env=env)
+    # A worker holds only the images it runs (Dask's default queues one more on it), so a
+    # worker's death blames only those (docs/engines.md).
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(n_workers=settings.workers or usable_cores(),
+                            threads_per_worker=settings.threads_per_worker, processes=True,
+                            host="127.0.0.1", dashboard_address=settings.dashboard or None,
+                            env=env)
 
 
 def _share_cores(work: Work, settings: EngineSettings) -> Work:
@@ -173,23 +188,50 @@ def _share_cores(work: Work, settings: EngineSettings) -> Work:
     unless the user set them: one machine's cores, not one machine's cores per worker."""
     if work.runtime.intra_op_threads:
         return work
-    workers = settings.workers or os.cpu_count() or 1
-    threads = max(1, (os.cpu_count() or 1) // (workers * settings.threads_per_worker))
+    workers = settings.workers or usable_cores()
+    threads = max(1, usable_cores() // (workers * settings.threads_per_worker))
     return replace(work, runtime=replace(work.runtime, intra_op_threads=threads))
 
 
-def _outcome(future: Future, job: Job) -> Outcome:
+def usable_cores() -> int:
+    """Return the cores this process may run on (its CPU affinity: a Slurm or container
+    allocation), not the machine's count."""
     try:
-        return _as_given(future.result(), job)
-    except KilledWorker as exc:
-        reason = f"worker lost: {exc.allowed_failures + 1} workers died running it " \
-                 f"(last {getattr(exc.last_worker, 'address', exc.last_worker)})"
-    except CancelledError:
-        reason = "worker lost: the task was cancelled (scheduler gone or client closed)"
-    except Exception as exc:  # the task raised on the worker: this image's failure only
-        reason = f"worker error: {type(exc).__name__}: {exc}"
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _unwrapped(value: object) -> object:
+    """Return a task's Outcome, or its exception (Dask gives an errored task's result as the
+    (type, exception, traceback) of sys.exc_info)."""
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return value[1]
+    return value
+
+
+def _outcome(result: object, job: Job, *, tries: int = 1) -> Outcome:
+    """Return the job's outcome from its task's result: the worker's Outcome, or the exception
+    that ended the task turned into a failure with its reason."""
+    if isinstance(result, Outcome):
+        return _as_given(result, job)
+    if isinstance(result, KilledWorker):
+        # Every worker that ran it died, twice: the image (a decoder crash, a bomb that
+        # exhausts memory), so an input fault: counted, and quarantined by the daemon.
+        deaths = tries * (result.allowed_failures + 1)
+        fault, reason = "input", (f"worker lost: {deaths} workers died running it in {tries} "
+                                  f"tasks (last {_address(result.last_worker)})")
+    elif isinstance(result, CancelledError):
+        fault, reason = "environment", ("scheduler lost: the task was cancelled (the "
+                                        "scheduler went away)")
+    else:  # the task raised on the worker: this image's failure only
+        fault, reason = "environment", f"worker error: {type(result).__name__}: {result}"
     log.warning("image failed", path=str(job.inputs[0]), reason=reason)
-    return Outcome(job.inputs, job.output, "failed", reason)
+    return Outcome(job.inputs, job.output, "failed", reason, fault=fault)
+
+
+def _address(worker: object) -> str:
+    return str(getattr(worker, "address", worker))
 
 
 # -- on the workers ---------------------------------------------------------------------------

@@ -97,8 +97,9 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
     def start(*worker_envs: dict[str, str], allowed_failures: int = 1) -> Cluster:
-        env = {**os.environ,
-               "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+        env = {**os.environ,  # the scheduler settings docs/engines.md recommends
+               "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures),
+               "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
         file = tmp_path / f"scheduler-{len(clusters)}.json"
         scheduler = _spawn(["scheduler", "--host", "127.0.0.1", "--port", "0",
                             "--no-dashboard", "--scheduler-file", str(file)], env)
@@ -208,14 +209,14 @@ def test_a_worker_killed_mid_batch_loses_nothing(start_cluster: Callable[..., Cl
         _wait_for(lambda: len(list((tmp_path / "out").glob("*.png"))) >= 2, 60, "no output")
     except TimeoutError:
         run.kill()
-        print(run.communicate())
-        raise
+        pytest.fail(f"no output: {run.communicate()[1][-3000:]}")
     victim = cluster.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr[-3000:]
     assert json.loads(stdout)["done"] == 10
     assert not _alive(victim)
+    _wait_for(lambda: len(cluster.worker_pids()) == 2, 30, "the nanny did not restart it")
     for path in inputs:
         assert np.allclose(read_rgb(tmp_path / "out" / path.name), 1 - read_rgb(path))
     assert not _leftover_temporaries(tmp_path / "out")
@@ -224,7 +225,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(start_cluster: Callable[..., Cl
 @pytest.mark.slow
 def test_an_image_that_kills_every_worker_fails_alone(start_cluster: Callable[..., Cluster],
                                                       tmp_path: Path) -> None:
-    cluster = start_cluster(WITH_PLUGINS, WITH_PLUGINS)
+    cluster = start_cluster(WITH_PLUGINS, WITH_PLUGINS, allowed_failures=0)
     _images(tmp_path / "in", 6, widths=(40, 40, 37))  # 02.png and 05.png are 37 wide
     run = _run_cli_process("-p", "crash", "-O", "width=37", "in", "-o", "out", "--address",
                            cluster.address, cwd=tmp_path)
@@ -233,7 +234,8 @@ def test_an_image_that_kills_every_worker_fails_alone(start_cluster: Callable[..
     outcomes = {Path(o["inputs"][0]).name: o for o in json.loads(stdout)["outcomes"]}
     for name in ("02.png", "05.png"):
         assert outcomes[name]["status"] == "failed"
-        assert outcomes[name]["reason"].startswith("worker lost: 2 workers died running it")
+        assert outcomes[name]["reason"].startswith("worker lost: 2 workers died running it "
+                                                   "in 2 tasks")
     assert sorted(n for n, o in outcomes.items() if o["status"] == "done") == [
         "00.png", "01.png", "03.png", "04.png"]
     assert not _leftover_temporaries(tmp_path / "out")
