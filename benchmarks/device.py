@@ -41,13 +41,16 @@ def main() -> None:
     p = sub.add_parser("pack", help="here: bundle ORT-GPU, wheels and data into .device/")
     p.add_argument("--part-mb", type=int, default=44, help="MiB per carried part")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--minutes", type=float, default=8.0, help="for the printed plan")
+    p.add_argument("--minutes", type=float, default=7.5, help="for the printed plan")
+    p.add_argument("--skip", choices=["ort", "data"], action="append", default=[],
+                   help="leave out onnxruntime-gpu or the training data (fewer parts)")
     sub.add_parser("stash", help="there: keep the carried part; unpack once all arrived")
     for name in ("run", "smoke"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "device-out")))
-        p.add_argument("--minutes", type=float, default=8.0 if name == "run" else 5.0,
+        p.add_argument("--minutes", type=float, default=7.5 if name == "run" else 5.0,
                        help="deadline for the whole run (the smoke run's work is fixed)")
+        p.add_argument("--no-train", action="store_true", help="check and measure only")
     p = sub.add_parser("throughput", help="one process: every model on every usable provider")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--side", type=int, default=512)
@@ -57,11 +60,13 @@ def main() -> None:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     if args.command == "pack":
-        print(pack(args.data, ROOT / ".device", part_mb=args.part_mb, minutes=args.minutes))
+        print(pack(args.data, ROOT / ".device", part_mb=args.part_mb, minutes=args.minutes,
+                   skip=frozenset(args.skip)))
     elif args.command == "stash":
         print(stash(ROOT / ".device"))
     elif args.command in ("run", "smoke"):
-        summary = device_run(args.out, minutes=args.minutes, smoke=args.command == "smoke")
+        summary = device_run(args.out, minutes=args.minutes, smoke=args.command == "smoke",
+                             train=not args.no_train)
         print(json.dumps(summary, indent=2))
     elif args.command == "throughput":
         write_json(args.out, throughput(side=args.side, seconds=args.seconds))
@@ -69,7 +74,8 @@ def main() -> None:
         publish(args.folder, args.doc)
 
 
-def device_run(out: Path, *, minutes: float, smoke: bool) -> dict[str, Any]:
+def device_run(out: Path, *, minutes: float, smoke: bool, train: bool = True
+               ) -> dict[str, Any]:
     """Return the run's summary after checking, measuring and training; what comes back
     (summary.json, doctor-check.json, train.log, one .pt per model) is written into `out`."""
     deadline = time.monotonic() + minutes * 60
@@ -87,12 +93,16 @@ def device_run(out: Path, *, minutes: float, smoke: bool) -> dict[str, Any]:
     side, seconds = (32, 0.05) if smoke else (512, 2.0)
     subprocess.run([sys.executable, __file__, "throughput", "--out", str(work / "speed.json"),
                     "--side", str(side), "--seconds", str(seconds)], env=env, check=True)
-    trained = train_jobs(jobs(work, smoke=smoke), work=work, out=out,
-                         deadline=deadline, env=env, smoke=smoke)
+    train = train and (smoke or (STASH / "data").is_dir())  # packed with --skip data: none
+    trained = train_jobs(jobs(work, smoke=smoke), work=work, out=out, deadline=deadline,
+                         env=env, smoke=smoke) if train else []
     summary = {"gpu": gpu, "device": device_name(), "check_ok": check.get("ok"),
                "cuda": check.get("cuda"),
-               "batch": {"exit_ok": not batch.get("error"), "providers": sorted(
-                   {o.get("provider", "") for o in batch.get("outcomes", [])})},
+               "batch": {"exit_ok": not batch.get("error"), "done": batch.get("done"),
+                         "seconds": batch.get("seconds"),
+                         "ms": [o.get("ms") for o in batch.get("outcomes", [])],
+                         "providers": sorted({o.get("provider", "") for o in
+                                              batch.get("outcomes", [])})},
                "throughput": json.loads((work / "speed.json").read_text()),
                "training": trained}
     write_json(out / "summary.json", summary)

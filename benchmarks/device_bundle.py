@@ -23,13 +23,17 @@ CARRY_LIMIT_MB = 64  # the working tree and the carried paths of one call togeth
 COLOR_SHORT_SIDE = 72  # colorize trains on crops of images resized to this short side
 
 
-def pack(data: Path, dest: Path, *, part_mb: int | None = None, minutes: float = 8.0) -> str:
-    """Write dest/part-NN and dest/manifest.json; return the plan of device calls."""
+def pack(data: Path, dest: Path, *, part_mb: int | None = None, minutes: float = 8.0,
+         skip: frozenset[str] = frozenset()) -> str:
+    """Write dest/part-NN and dest/manifest.json; return the plan of device calls. `skip`
+    may hold "ort" (no onnxruntime-gpu: ONNX Runtime runs on that machine's CPU only) and
+    "data" (no training data: the run measures and does not train)."""
     part_mb = part_mb or int(CARRY_LIMIT_MB - tree_mb() - 2)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / "bundle"
-        fetch_runtime(staging)
-        copy_data(data, staging / "data")
+        fetch_runtime(staging, ort="ort" not in skip)
+        if "data" not in skip:
+            copy_data(data, staging / "data")
         dest.mkdir(parents=True, exist_ok=True)
         for old in dest.glob("part-*"):
             old.unlink()
@@ -51,15 +55,15 @@ def tree_mb() -> float:
                if n and (root / n).is_file()) / 2**20
 
 
-def fetch_runtime(staging: Path) -> None:
-    """Download onnxruntime-gpu and the missing wheels for the GPU machine's Python 3.12."""
+def fetch_runtime(staging: Path, *, ort: bool = True) -> None:
+    """Download the missing wheels (and onnxruntime-gpu) for the GPU machine's Python 3.12."""
     wheels = staging / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *PYTHON,
-                    "-d", str(wheels), ORT_GPU, *WHEELS], check=True)
-    (ort,) = wheels.glob("onnxruntime_gpu-*.whl")
-    with zipfile.ZipFile(ort) as whl:  # a wheel is its files: unzipped it installs by copying
-        whl.extractall(staging / "ortgpu")
-    ort.unlink()
+                    "-d", str(wheels), *([ORT_GPU] if ort else []), *WHEELS], check=True)
+    for gpu_wheel in wheels.glob("onnxruntime_gpu-*.whl"):
+        with zipfile.ZipFile(gpu_wheel) as whl:  # a wheel is its files: unzipped, it installs
+            whl.extractall(staging / "ortgpu")  # by copying, and xz shrinks its CUDA kernels
+        gpu_wheel.unlink()
 
 
 def copy_data(data: Path, dest: Path) -> None:
@@ -95,12 +99,15 @@ def plan(parts: list[dict[str, object]], minutes: float) -> str:
     mb = sum(int(p["bytes"]) for p in parts) / 2**20  # type: ignore[call-overload]
     lines = [f"{len(parts)} parts, {mb:.0f} MiB; device calls (run tool), in order:"]
     for i, part in enumerate(parts):
-        command = "python3 benchmarks/device.py stash"
-        if i == len(parts) - 1:
+        command, timeout = "python3 benchmarks/device.py stash", 120
+        if i == len(parts) - 1:  # unpacking, then the run with a minute and a half to spare
             command += (f" && PYTHONUNBUFFERED=1 python3 benchmarks/device.py run --minutes "
                         f"{minutes:g}")
+            timeout = 600
         lines.append(f'  command="{command}" carry=[".device/manifest.json", '
-                     f'".device/{part["name"]}"]')
+                     f'".device/{part["name"]}"] timeout_s={timeout}')
+    lines.append("then, here: copy the returned files into a folder and "
+                 "`python benchmarks/device.py publish FOLDER`")
     return "\n".join(lines)
 
 

@@ -92,7 +92,10 @@ def run(plan: list[tuple[TrainJob, int]], *, work: Path, deadline: float,
 
 
 def progress(checkpoint: Path, unit: str) -> tuple[int, float]:
-    """Return (steps or epochs done, training seconds) recorded in a trainer's last.pt."""
+    """Return (steps or epochs done, training seconds) recorded in a trainer's last.pt, or
+    (0, 0.0) when it wrote none (it failed, or was stopped before its first checkpoint)."""
+    if not checkpoint.exists():
+        return 0, 0.0
     ck = load(checkpoint)
     return int(ck[unit]), float(ck["seconds"])
 
@@ -101,6 +104,9 @@ def finish(job: TrainJob, total: int, work: Path, out: Path) -> dict[str, Any]:
     """Return the job's figures and write its checkpoint, less the optimiser, to out."""
     import torch
 
+    if not (work / job.name / "last.pt").exists():
+        return {"name": job.name, "planned": total, "reached": 0, "unit": job.unit,
+                "error": "no checkpoint: the trainer failed or was stopped first (train.log)"}
     ck = load(work / job.name / "last.pt")
     ck.pop("optimizer", None)
     torch.save(ck, out / f"{job.name}.pt")

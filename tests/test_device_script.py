@@ -31,7 +31,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_smoke_run_checks_measures_and_trains(smoke: Path) -> None:
     summary = json.loads((smoke / "summary.json").read_text())
+    samples = [p for p in (ROOT / "examples" / "images").iterdir() if p.suffix != ".md"]
     assert summary["check_ok"] and summary["batch"]["exit_ok"]
+    assert summary["batch"]["done"] == len(samples) == len(summary["batch"]["ms"])
     assert summary["batch"]["providers"] == (["CUDAExecutionProvider"] if summary["gpu"]
                                              else ["CPUExecutionProvider"])
     rows = summary["throughput"]["rows"]
@@ -124,10 +126,11 @@ def test_a_damaged_part_is_refused(parts: tuple[Path, dict], tmp_path: Path,
 
 def test_the_plan_names_every_part_and_runs_after_the_last(parts: tuple[Path, dict]) -> None:
     _, manifest = parts
-    lines = device_bundle.plan(manifest["parts"], 7.5).splitlines()
+    lines = device_bundle.plan(manifest["parts"], 7.5).splitlines()[:4]
     assert lines[0].startswith("3 parts")
     assert all('".device/manifest.json"' in line for line in lines[1:])
-    assert "run --minutes 7.5" in lines[-1] and "run --minutes" not in lines[1]
+    assert "run --minutes 7.5" in lines[-1] and "timeout_s=600" in lines[-1]
+    assert "run --minutes" not in lines[1] and "timeout_s=120" in lines[1]
 
 
 @pytest.mark.parametrize(("done", "seconds", "budget", "expected"), [
@@ -164,3 +167,25 @@ def test_the_gpu_table_compares_cuda_with_the_cpu() -> None:
                            "device": "NVIDIA H200", "check_ok": True, "cuda": {}})
     assert "| m | 512x528 | 2.0 | 50.0 | 80.0 | 55.0 | 25.0x |" in text
     assert "Device: NVIDIA H200; `imgproc doctor --check`: ok." in text
+
+
+@pytest.mark.parametrize("code", ["import sys; sys.exit(3)", "import time; time.sleep(60)"],
+                         ids=["fails", "outlives-the-deadline"])
+def test_a_trainer_without_checkpoint_is_reported_not_fatal(tmp_path: Path, code: str) -> None:
+    import time
+
+    from device_train import TrainJob, train_jobs
+
+    job = TrainJob(name="broken", unit="step", first=1,
+                   command=[sys.executable, "-c", code])
+    start = time.monotonic()
+    (result,) = train_jobs([job], work=tmp_path, out=tmp_path, deadline=start + 2.0,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert result["reached"] == 0 and "no checkpoint" in result["error"]
+    assert time.monotonic() - start < 30  # SIGTERM at the deadline, not the trainer's minute
+    assert "==> broken" in (tmp_path / "train.log").read_text()
+
+
+def test_the_working_tree_leaves_room_for_a_carried_part() -> None:
+    # every device call sends the tree with one part; pack sizes parts to what is left
+    assert 0 < device_bundle.tree_mb() < device_bundle.CARRY_LIMIT_MB - 20
