@@ -130,3 +130,12 @@ def test_without_onnxruntime(run_cli: Run, monkeypatch: pytest.MonkeyPatch,
     if code == 2:  # one line naming both extras
         message = [line for line in result.output.splitlines() if "ONNX Runtime" in line]
         assert len(message) == 1 and "[cpu]" in message[0] and "[gpu]" in message[0]
+
+
+def test_a_check_with_no_declared_model_passes_and_says_so(tmp_path: Path) -> None:
+    from imgproc.config import RuntimeSettings
+    from imgproc.doctor import check
+
+    result = check(Registry(), RuntimeSettings())
+    assert result["ok"] and result["results"] == []
+    assert "models: none" in format_check(result)
