@@ -92,6 +92,8 @@ class TrainingRun(ABC):
     `last.pt` holds model, optimizer, scheduler, `<unit>` (units done), seconds (training
     time), history, rng, config and the subclass's extra_state(); `history.jsonl` gets one row
     per validation: {<unit>, seconds, loss (mean over the units since the last row), ...}.
+    `init` names exported ONNX files to start from when `out` holds no last.pt yet (their
+    initializers are `net.<state-dict name>`, as the export wrappers name them).
     """
 
     unit = "step"  # what train_unit() does once; names the counter in last.pt and in rows
