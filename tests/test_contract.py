@@ -63,3 +63,18 @@ def test_a_bad_declaration_is_refused_at_construction(kwargs: dict, message: str
     fields = {"name": "ok", "summary": "Fine.", "process": lambda images, **kw: images[0]}
     with pytest.raises(ValueError, match=message):
         Processor(**{**fields, **kwargs})
+
+
+def test_the_contract_check_can_cut_small_tiles() -> None:
+    tiles: list[tuple[int, ...]] = []
+
+    def tiled_identity(images: list[np.ndarray], **kw: Any) -> np.ndarray:
+        def fn(tile: np.ndarray) -> np.ndarray:
+            tiles.append(tile.shape)
+            return tile
+
+        return kw["context"].tiled(fn, images[0])
+
+    check_processor(Processor("tiled", "Tiles.", tiled_identity), sizes=((40, 50),),
+                    tile_size=16, tile_overlap=4)
+    assert len(tiles) > 4 and max(max(shape[:2]) for shape in tiles) == 16
