@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imgproc.config import parse_watch_rule
 from imgproc.journal import Journal
-from imgproc.watch import backlog
+from imgproc.watch import Watch, inputs_of
 
 
 def journal_status(path: Path) -> dict[str, Any]:
@@ -30,3 +31,17 @@ def journal_status(path: Path) -> dict[str, Any]:
 
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def backlog(journal: Journal) -> dict[str, int]:
+    """Return, per rule a daemon ran with this journal, how many files in its folder have no
+    journal entry and no output yet (counted now, by scanning the folder)."""
+    counts = {}
+    for name, spec in journal.rules().items():
+        cwd = Path(spec.pop("cwd", "."))
+        rule = parse_watch_rule(spec, base=cwd)
+        known = {cwd / p for p in journal.known_paths(name)}
+        watch = Watch(rule, ())
+        counts[name] = sum(1 for path in inputs_of(watch)
+                           if path not in known and not watch.output_for(path).exists())
+    return counts

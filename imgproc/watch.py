@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import heapq
 import os
-import time
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from imgproc.batch import Job, Outcome, Step, check_output_folder, check_pipeline, prepare, \
-    process_one
-from imgproc.config import DaemonSettings, OutputSettings, WatchRule, parse_watch_rule
+from imgproc.batch import (
+    Job,
+    Outcome,
+    Step,
+    check_output_folder,
+    check_pipeline,
+    prepare,
+    process_one,
+)
+from imgproc.config import DaemonSettings, OutputSettings, WatchRule
 from imgproc.errors import ImageError, UsageError
 from imgproc.images import TEMP_SUFFIX, output_suffix
 from imgproc.inflight import being_written
@@ -52,6 +58,7 @@ from imgproc.journal import Entry, Journal
 from imgproc.links import readable_path
 from imgproc.registry import Registry
 from imgproc.runtime import Runtime
+from imgproc.settle import Settler, file_stat
 
 log = structlog.get_logger("imgproc.watch")
 
@@ -115,20 +122,6 @@ def rule_spec(rule: WatchRule) -> dict[str, Any]:
             "cwd": os.getcwd()}
 
 
-def backlog(journal: Journal) -> dict[str, int]:
-    """Return, per rule a daemon ran with this journal, how many files in its folder have no
-    journal entry and no output yet (counted now, by scanning the folder)."""
-    counts = {}
-    for name, spec in journal.rules().items():
-        cwd = Path(spec.pop("cwd", "."))
-        rule = parse_watch_rule(spec, base=cwd)
-        known = {cwd / p for p in journal.known_paths(name)}
-        watch = Watch(rule, ())
-        counts[name] = sum(1 for path in inputs_of(watch)
-                           if path not in known and not watch.output_for(path).exists())
-    return counts
-
-
 def build_watches(rules: Sequence[WatchRule], registry: Registry,
                   defaults: Mapping[str, Mapping[str, Any]]) -> list[Watch]:
     """Return each rule bound to its processors, options resolved (defaults < config < rule)."""
@@ -159,88 +152,6 @@ def check_watches(watches: Sequence[Watch]) -> None:
         if not rule.input.is_dir():
             raise UsageError(f"watch {rule.input}: input folder does not exist")
         check_output_folder(rule.output)
-
-
-@dataclass
-class _Candidate:
-    watch: int
-    size: int
-    mtime_ns: int
-    since: float
-    closed: bool
-
-
-class Settler:
-    """Holds candidate files until they are complete, then hands them to `deliver`."""
-
-    def __init__(self, settle_seconds: float) -> None:
-        self.settle_seconds = settle_seconds
-        self._candidates: dict[Path, _Candidate] = {}
-        self._retries: list[tuple[float, int, str]] = []
-        self._lock = threading.Lock()
-
-    def note(self, watch: int, path: Path, *, closed: bool = False) -> None:
-        """Record an event on `path` (closed = the writer closed it after writing)."""
-        stat = _stat(path)
-        if stat is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            known = self._candidates.get(path)
-            if known is None:
-                log.info("detected", path=str(path))
-                self._candidates[path] = _Candidate(watch, *stat, now, closed)
-            elif closed:
-                known.size, known.mtime_ns = stat
-                known.closed, known.since = True, now
-
-    def retry_at(self, when: float, watch: int, path: Path) -> None:
-        """Offer `path` again at monotonic time `when` (a retry after a failure)."""
-        with self._lock:
-            heapq.heappush(self._retries, (when, watch, str(path)))
-
-    def ready(self) -> list[tuple[int, Path]]:
-        """Return (and forget) the candidates that are complete now, and due retries."""
-        now = time.monotonic()
-        out: list[tuple[int, Path]] = []
-        with self._lock:
-            while self._retries and self._retries[0][0] <= now:
-                _, watch, retried = heapq.heappop(self._retries)
-                out.append((watch, Path(retried)))
-            for path, cand in list(self._candidates.items()):
-                if self._complete(path, cand, now):
-                    del self._candidates[path]
-                    out.append((cand.watch, path))
-        return out
-
-    def _complete(self, path: Path, cand: _Candidate, now: float) -> bool:
-        stat = _stat(path)
-        if stat is None:  # gone (renamed away or deleted): a later event brings it back
-            del self._candidates[path]
-            return False
-        if stat != (cand.size, cand.mtime_ns):
-            cand.size, cand.mtime_ns, cand.since, cand.closed = *stat, now, False
-            return False
-        wait = 0.0 if cand.closed else self.settle_seconds
-        if now - cand.since < wait:
-            return False
-        if being_written(path):  # a writer paused with the file open: not complete
-            cand.since, cand.closed = now, False
-            return False
-        return True
-
-    def idle(self) -> bool:
-        """Return True when no candidate and no retry is waiting."""
-        with self._lock:
-            return not self._candidates and not self._retries
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_size, info.st_mtime_ns) if path.is_file() else None
 
 
 class Handler(FileSystemEventHandler):
@@ -399,7 +310,7 @@ class Daemon:
         if facts is None:
             return
         size, mtime_ns, digest = facts
-        if _stat(source) != (size, mtime_ns):  # changed while hashing: not complete yet
+        if file_stat(source) != (size, mtime_ns):  # changed while hashing: not complete yet
             self.settler.note(index, path)
             return
         entry = self.journal.admit(watch.rule.name, path, size=size, mtime_ns=mtime_ns,
@@ -425,7 +336,7 @@ class Daemon:
             self._after(watch, path)
         elif outcome.fault in ("output", "environment"):
             self._wait(index, path, entry, outcome.reason or "", outcome.fault)
-        elif _stat(path) != read or being_written(path):
+        elif file_stat(path) != read or being_written(path):
             # Read while a writer still held it: incomplete, not bad. Not an attempt, not moved.
             self.journal.supersede(entry.id)
             log.info("changed while processed, waiting for it to settle", path=str(path),
@@ -471,7 +382,7 @@ class Daemon:
 
 
 def _fingerprint(path: Path) -> tuple[int, int, str] | None:
-    stat = _stat(path)
+    stat = file_stat(path)
     if stat is None:
         return None
     digest = hashlib.sha256()
