@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sqlite3
 import threading
-import os
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
