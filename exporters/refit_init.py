@@ -1,14 +1,14 @@
 """Meta-learn refit's initialisation (Tancik et al. 2021) and export it next to the models.
 
-    python -m exporters.refit_init train --run runs/refit-init --steps 4000   # resumable
+    python -m exporters.refit_init train --run runs/refit-init --steps 6000   # resumable
     python -m exporters.refit_init export --run runs/refit-init               # -> plugins/models
 
-Each meta step draws a batch of tile-sized patches from ../shared/data/sr-train (T91 and
-BSDS400, each image shrunk by a random factor first, so the init also suits low-resolution
-inputs and fine-detail photos), starts every patch's network from the shared sine weights
-with its output layer solved by least squares (`siren.learned.start`), takes the learned SGD
-steps (`siren.learned.adapt`, differentiated through: MAML with Meta-SGD step sizes) and
-moves the shared weights, step sizes and ridge to lower the patches' error after those steps.
+Reptile (Nichol et al. 2018): each meta step draws a batch of tile-sized patches from
+../shared/data/sr-train (T91 and BSDS400, each image shrunk by a random factor first, so the
+start also suits low-resolution inputs and fine-detail photos), fits one copy of the shared
+starting weights to each patch with refit's own optimiser (Adam at its default rate, the same
+`TiledSiren` the plugin trains) for a few steps, and moves the shared weights part of the way
+towards the mean of the fitted copies. No second-order terms: a meta step costs the inner steps.
 """
 
 from __future__ import annotations
@@ -68,149 +68,136 @@ def sample_patches(images: list[Image.Image], rng: np.random.Generator, *, count
 def tile_coords(config: SirenConfig, count: int) -> torch.Tensor:
     """Return pixel-centre coords [count, tile*tile, 2] of full-size tiles."""
     layout = Layout(config.tile, config.tile, [(0, 0, config.tile, config.tile)])
-    return pixel_coords(layout, config.pixels_per_unit).expand(count, -1, -1)
+    return pixel_coords(layout, config.pixels_per_unit).expand(count, -1, -1).contiguous()
 
 
-def random_start(config: SirenConfig, *, inner_steps: int, lr0: float) -> learned.LearnedInit:
-    """Return the meta-training start: SIREN's own init, equal step sizes, a small ridge."""
-    model = TiledSiren(1, channels=3, config=config)
-    sine = tuple(t.detach()[0].clone() for pair in zip(model.weights, model.biases, strict=True)
-                 for t in pair)
-    return learned.LearnedInit(
-        sine=sine, step_lrs=torch.full((inner_steps, 2 * config.depth + 2), math.log(lr0)),
-        log_ridge=torch.tensor(math.log(1e-3)), omega0=config.omega0, tile=config.tile,
-        pixels_per_unit=config.pixels_per_unit)
+def reptile_step(start: TiledSiren, patches: torch.Tensor, coords: torch.Tensor, *,
+                 config: SirenConfig, inner_steps: int, outer_rate: float) -> list[float]:
+    """Move `start` (one tile network) towards its fits to `patches`; return the PSNR of the
+    mean error before each inner step and after the last."""
+    copies = TiledSiren(len(patches), channels=3, config=config)
+    learned.load_into(copies, _as_init(start, config))
+    errors = _fit_copies(copies, coords, patches, config=config, steps=inner_steps)
+    with torch.no_grad():
+        for shared, fitted in zip(start.parameters(), copies.parameters(), strict=True):
+            shared += outer_rate * (fitted.mean(dim=0, keepdim=True) - shared)
+    return errors
 
 
-def meta_loss(init: learned.LearnedInit, coords: torch.Tensor, patches: torch.Tensor,
-              *, create_graph: bool = True) -> tuple[torch.Tensor, list[float]]:
-    """Return the mean squared error after the learned steps, and the errors before each."""
-    rates = init.step_lrs.exp()  # stored as logs so they stay positive
-    params = learned.start(init, coords, patches)
-    params, errors = learned.adapt(params, coords, patches, rates, create_graph=create_graph)
-    return learned.tile_losses(learned.forward(params, coords), patches).mean(), errors
+def _fit_copies(copies: TiledSiren, coords: torch.Tensor, patches: torch.Tensor, *,
+                config: SirenConfig, steps: int) -> list[float]:
+    """Fit each tile network of `copies` to its patch with Adam (refit's optimiser and rate);
+    return the PSNR of the mean error before each step and after the last."""
+    optimiser = torch.optim.Adam(copies.param_groups(config.lr))
+    errors = []
+    for _ in range(steps):
+        loss = torch.mean((copies(coords) - patches) ** 2)
+        errors.append(_db(float(loss.detach())))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        errors.append(_db(float(torch.mean((copies(coords) - patches) ** 2))))
+    return errors
 
 
-def _trainables(init: learned.LearnedInit) -> list[torch.Tensor]:
-    return [*init.sine, init.step_lrs, init.log_ridge]
+def _as_init(start: TiledSiren, config: SirenConfig) -> learned.LearnedInit:
+    return learned.from_model(start, width=config.width, depth=config.depth,
+                              omega0=config.omega0, tile=config.tile,
+                              pixels_per_unit=config.pixels_per_unit)
 
 
-def train(run: Path, *, steps: int, batch: int, inner_steps: int, lr: float, seed: int,
-          threads: int, lr0: float) -> None:
+def train(run: Path, *, steps: int, batch: int, inner_steps: int, outer_rate: float,
+          seed: int, threads: int) -> None:
     """Meta-train, checkpointing to run/last.pt every 25 steps; resumes from it when present."""
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
     config = SirenConfig()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    init, done = random_start(config, inner_steps=inner_steps, lr0=lr0), 0
+    start, done = TiledSiren(1, channels=3, config=config), 0  # SIREN's own init, seed 0
     if (run / "last.pt").exists():
         state = torch.load(run / "last.pt", weights_only=False)
-        init, done = state["init"], state["step"]
+        start.load_state_dict(state["start"])
+        done = state["step"]
         restore_rng(state["rng"], rng)
-    for tensor in _trainables(init):
-        tensor.requires_grad_(True)
-    optimiser = torch.optim.Adam([{"params": list(init.sine), "lr": lr},
-                                  {"params": [init.step_lrs, init.log_ridge], "lr": 1e-2}])
-    if done:
-        optimiser.load_state_dict(state["optimiser"])
     images = load_images(TRAIN_DIRS)
     coords = tile_coords(config, batch)
-    base = [group["lr"] for group in optimiser.param_groups]
     with (run / "log.jsonl").open("a") as log:
         while done < steps:
-            start = time.perf_counter()
-            for group, rate in zip(optimiser.param_groups, base, strict=True):
-                group["lr"] = rate * cosine_factor(done, steps)
-            loss, errors = meta_loss(init, coords, sample_patches(images, rng, count=batch,
-                                                                  size=config.tile))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            begin = time.perf_counter()
+            rate = outer_rate * cosine_factor(done, steps, floor=0.1)
+            errors = reptile_step(start, sample_patches(images, rng, count=batch,
+                                                        size=config.tile),
+                                  coords, config=config, inner_steps=inner_steps,
+                                  outer_rate=rate)
             done += 1
-            log.write(json.dumps({"step": done, "psnr_by_step": [_db(e) for e in errors],
-                                  "psnr": _db(float(loss)), "s": time.perf_counter() - start})
-                      + "\n")
+            log.write(json.dumps({"step": done, "psnr_by_step": errors, "rate": rate,
+                                  "s": round(time.perf_counter() - begin, 3)}) + "\n")
             if done % 25 == 0 or done == steps:
                 log.flush()
-                save_atomic({"init": init, "step": done, "optimiser": optimiser.state_dict(),
-                             "rng": rng_states(rng), "seed": seed, "batch": batch,
-                             "lr": lr}, run / "last.pt")
+                save_atomic({"start": start.state_dict(), "step": done, "rng": rng_states(rng),
+                             "seed": seed, "batch": batch, "inner_steps": inner_steps,
+                             "outer_rate": outer_rate}, run / "last.pt")
 
 
 def _db(mse: float) -> float:
     return round(10 * math.log10(1 / mse), 3) if mse > 0 else math.inf
 
 
-def validate(init: learned.LearnedInit, *, count: int = 512, seed: int = 7
-             ) -> list[float]:
-    """Return PSNR (dB, of the mean error) on color-val patches after 0..K learned steps."""
-    images = load_images((VAL_DIR,))
-    patches = sample_patches(images, np.random.default_rng(seed), count=count, size=init.tile)
+CURVE_STEPS = (0, 5, 10, 20, 40)
+
+
+def validate(start: TiledSiren | None, *, count: int = 256, seed: int = 7) -> list[float]:
+    """Return PSNR (dB, of the mean error) on color-val patches after each of CURVE_STEPS Adam
+    steps at refit's rate, from `start` (None: SIREN's random init)."""
     config = SirenConfig()
-    coords = tile_coords(config, count)
-    plain = learned.LearnedInit(tuple(t.detach() for t in init.sine), init.step_lrs.detach(),
-                                init.log_ridge.detach(), init.omega0, init.tile,
-                                init.pixels_per_unit)
-    final, errors = meta_loss(plain, coords, patches, create_graph=False)
-    return [_db(e) for e in errors] + [_db(float(final))]
-
-
-class Basis(torch.nn.Module):
-    """The learned sine layers as a module (coords [points, 2] -> features), for export."""
-
-    def __init__(self, init: learned.LearnedInit) -> None:
-        super().__init__()
-        self.weights = torch.nn.ParameterList(
-            torch.nn.Parameter(t.detach().clone()) for t in init.sine[0::2])
-        self.biases = torch.nn.ParameterList(
-            torch.nn.Parameter(t.detach().clone()) for t in init.sine[1::2])
-
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        """Return the learned features at coords [points, 2]."""
-        sine = [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
-        return learned.features(sine, coords)
+    patches = sample_patches(load_images((VAL_DIR,)), np.random.default_rng(seed),
+                             count=count, size=config.tile)
+    copies = TiledSiren(count, channels=3, config=config)
+    if start is not None:
+        learned.load_into(copies, _as_init(start, config))
+    errors = _fit_copies(copies, tile_coords(config, count), patches, config=config,
+                         steps=max(CURVE_STEPS))
+    return [errors[n] for n in CURVE_STEPS]
 
 
 def export(run: Path, out_dir: Path = OUT_DIR) -> ExportResult:
     """Return the result of exporting run/last.pt as refit-init.{onnx,json,md}."""
     state = torch.load(run / "last.pt", weights_only=False)
-    init = state["init"]
-    random = random_start(SirenConfig(), inner_steps=len(init.step_lrs), lr0=1e-3)
-    ours, theirs = validate(init), validate(random)
+    config = SirenConfig()
+    start = TiledSiren(1, channels=3, config=config)
+    start.load_state_dict(state["start"])
+    ours, theirs = validate(start), validate(None)
     metrics: dict[str, float | str] = {
-        "validation": "512 random 32x32 patches of color-val (shrunk 0.35-1x), PSNR of the "
-                      "mean squared error"}
-    for k, (db, db_random) in enumerate(zip(ours, theirs, strict=True)):
-        metrics[f"PSNR after head solve + {k} learned steps (dB)"] = db
-        metrics[f"same from SIREN's random init, untrained step sizes (dB), {k} steps"] = \
-            db_random
+        "validation": "256 random 32x32 patches of color-val (each image shrunk 0.35-1x), "
+                      f"Adam at refit's rate {config.lr:g}, PSNR of the mean squared error"}
+    for n, db, db_random in zip(CURVE_STEPS, ours, theirs, strict=True):
+        metrics[f"after {n} steps: learned init (dB)"] = db
+        metrics[f"after {n} steps: SIREN random init (dB)"] = db_random
     card = ModelCard(
         name=learned.INIT_MODEL,
         summary="Meta-learned starting weights of refit's tile networks (init=learned).",
         architecture=(
-            f"The sine layers of one tile network ({init.depth} layers of {init.width}, "
-            f"omega0 {init.omega0:g}, weights stored pre-multiplied by omega0) on "
-            f"{init.tile}x{init.tile} tiles at {init.pixels_per_unit:g} pixels per unit: "
-            "coords [points, 2] -> features [points, width]. refit copies them into every "
-            "tile, solves each tile's output layer by ridge least squares, then takes "
-            f"{len(init.step_lrs)} SGD steps with the learned per-step, per-tensor rates "
-            "(facts: step_lrs, log_ridge) before continuing with Adam."),
+            f"One tile network of refit: {config.depth} sine layers of {config.width} "
+            f"(omega0 {config.omega0:g}, weights stored pre-multiplied by omega0) and a linear "
+            f"output to RGB, on {config.tile}x{config.tile} tiles at "
+            f"{config.pixels_per_unit:g} pixels per unit: coords [1, points, 2] -> values "
+            "[1, points, 3]. refit copies it into every tile network, then fits as usual."),
         training_data="patches of ../shared/data/sr-train (T91, BSDS400 train+test), each "
                       f"image shrunk by a log-uniform factor in [{MIN_SHRINK}, 1], random "
                       "flips and transposes",
-        training_steps=(f"{state['step']} meta steps (MAML through the learned steps, "
-                        f"Meta-SGD rates), batch {state['batch']} patches, Adam {state['lr']:g} "
-                        "on the weights and 1e-2 on the log rates and ridge, cosine decay, "
-                        f"seed {state['seed']}"),
+        training_steps=(f"{state['step']} Reptile meta steps from SIREN's init (seed "
+                        f"{state['seed']}): batch {state['batch']} patches, "
+                        f"{state['inner_steps']} inner Adam steps at {config.lr:g}, outer "
+                        f"rate {state['outer_rate']:g} on a cosine to a tenth"),
         metrics=metrics,
-        facts=learned.facts_of(init),
+        facts=_as_init(start, config).facts(),
     )
-    example = {"coords": tile_coords(SirenConfig(), 1)[0]}
-    return export_model(Basis(init), card=card, example_inputs=example,
-                        output_names=["features"], dynamic_axes={"coords": {0: "points"},
-                                                                 "features": {0: "points"}},
-                        parity_inputs=[{"coords": torch.rand(7, 2) - 0.5}], out_dir=out_dir)
+    example = {"coords": tile_coords(config, 1)}
+    return export_model(start, card=card, example_inputs=example, output_names=["values"],
+                        dynamic_axes={"coords": {1: "points"}, "values": {1: "points"}},
+                        parity_inputs=[{"coords": torch.rand(1, 7, 2) - 0.5}], out_dir=out_dir)
 
 
 @click.group()
@@ -221,20 +208,18 @@ def main() -> None:
 @main.command("train")
 @click.option("--run", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/refit-init"), show_default=True)
-@click.option("--steps", type=int, default=3000, show_default=True, help="Meta steps in all.")
-@click.option("--batch", type=int, default=48, show_default=True, help="Patches per step.")
-@click.option("--inner-steps", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True,
-              help="Adam rate on the (omega0-scaled) sine weights.")
-@click.option("--lr0", type=float, default=1e-2, show_default=True,
-              help="Starting SGD rate of the learned steps.")
+@click.option("--steps", type=int, default=6000, show_default=True, help="Meta steps in all.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Patches per step.")
+@click.option("--inner-steps", type=int, default=12, show_default=True)
+@click.option("--outer-rate", type=float, default=0.5, show_default=True,
+              help="Reptile step towards the fitted copies' mean (cosine to a tenth).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def train_command(run: Path, steps: int, batch: int, inner_steps: int, lr: float, lr0: float,
+def train_command(run: Path, steps: int, batch: int, inner_steps: int, outer_rate: float,
                   seed: int, threads: int) -> None:
     """Meta-train (resumes from RUN/last.pt)."""
-    train(run, steps=steps, batch=batch, inner_steps=inner_steps, lr=lr, seed=seed,
-          threads=threads, lr0=lr0)
+    train(run, steps=steps, batch=batch, inner_steps=inner_steps, outer_rate=outer_rate,
+          seed=seed, threads=threads)
 
 
 @main.command("export")

@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from imgproc import (
+    ModelFile,
     Option,
     Picture,
     Processor,
@@ -31,6 +32,11 @@ log = structlog.get_logger("imgproc.refit")
 OUTPUTS = ("gradient", "laplacian")
 
 
+INITS = ("learned", "random")
+MODELS = Path(__file__).parent / "models"
+INIT_MODEL = ModelFile.from_facts(MODELS / "refit-init.json")
+
+
 def config_from(options: dict[str, Any]) -> Any:
     """Return the SirenConfig the options ask for."""
     from imgproc_plugins.siren import SirenConfig
@@ -40,7 +46,15 @@ def config_from(options: dict[str, Any]) -> Any:
                        target_psnr=options["target_psnr"], seed=options["seed"],
                        tile=options["tile"], overlap=options["overlap"],
                        pixels_per_unit=options["pixels_per_unit"],
-                       max_seconds=options["max_seconds"])
+                       max_seconds=options["max_seconds"], warmup=options["warmup"],
+                       decay=options["decay"])
+
+
+def learned_init(options: dict[str, Any]) -> Any:
+    """Return the learned initialisation when the options ask for it, else None."""
+    from imgproc_plugins.siren import learned
+
+    return learned.load(INIT_MODEL) if options["init"] == "learned" else None
 
 
 def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
@@ -50,7 +64,7 @@ def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) ->
     image = images[0]
     height, width = image.shape[:2]
     out_h, out_w = output_size(height, width, options)
-    fit = siren.fit_image(image, config_from(options))
+    fit = siren.fit_image(image, config_from(options), init=learned_init(options))
     log.info("fitted", steps=fit.steps, psnr=round(fit.psnr, 2), seconds=round(fit.seconds, 2),
              tiles=len(fit.layout.tiles))
     network = siren.to_onnx(fit, facts={"colour": "sRGB", "range": [0, 1],
@@ -116,6 +130,13 @@ def _validate(options: dict[str, Any]) -> None:
                          + ", ".join(OUTPUTS))
     if 2 * options["overlap"] >= options["tile"]:
         raise ValueError("overlap must be less than half of tile")
+    if options["init"] == "learned":
+        from imgproc_plugins.siren import learned
+
+        wrong = learned.load(INIT_MODEL).mismatch(config_from(options))
+        if wrong:
+            raise ValueError(f"init=learned was meta-learned for another network: {wrong}; "
+                             "use init=random for other shapes")
 
 
 PROCESSOR = Processor(
@@ -131,7 +152,14 @@ PROCESSOR = Processor(
         Option("hidden", int, 32, "hidden units of each tile network", min=1, max=1024),
         Option("depth", int, 3, "sine layers of each tile network", min=1, max=16),
         Option("omega0", float, 30.0, "SIREN frequency factor w0", min=0.1),
+        Option("init", str, "learned", "learned: every tile network starts from weights "
+               "meta-learned on photos (models/refit-init.onnx); random: SIREN's random "
+               "initialisation", choices=INITS),
         Option("lr", float, 2e-3, "Adam learning rate", min=1e-7, max=1.0),
+        Option("warmup", int, 0, "steps over which the learning rate ramps up (0: none)",
+               min=0),
+        Option("decay", float, 0.0, "learning-rate factor reached at the last step, "
+               "exponentially (0: constant rate)", min=0.0, max=1.0),
         Option("seed", int, 0, "weight initialisation seed (same seed, same output)"),
         Option("tile", int, 32, "tile size in input pixels (one small network per tile)",
                min=2),
@@ -142,6 +170,7 @@ PROCESSOR = Processor(
         Option("outputs", str, "", "also write gradient and/or laplacian images "
                "(comma-separated)"),
     ),
+    models=(INIT_MODEL,),
     validate=_validate,
 )
 
@@ -165,12 +194,10 @@ def imgproc_processors() -> list[Processor]:
 def render(network: Path, width: int | None, height: int | None, scale: float, output: Path,
            provider: str) -> None:
     """Render a network saved by `refit -O save_network=true` at any size, no refitting."""
-    import onnx
-
     from imgproc_plugins import siren
 
     data = network.read_bytes()
-    layout, config = siren.stored_fit(onnx.load_from_string(data))
+    layout, config = siren.read_network(data, name=str(network))
     out_h, out_w = output_size(layout.height, layout.width,
                                {"width": width, "height": height, "scale": scale})
     session = open_session(data, name=network.name, provider=provider)

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from imgproc_plugins.siren.fit import Fit, fit_image, gradient_objective, pixel_coords
 from imgproc_plugins.siren.network import Layout, SirenConfig, TiledSiren
-from imgproc_plugins.siren.onnx_io import ONNX_INPUT, ONNX_OUTPUT, stored_fit, to_onnx
+from imgproc_plugins.siren.onnx_io import (
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    read_network,
+    stored_fit,
+    to_onnx,
+)
 from imgproc_plugins.siren.sampling import render
 
 __all__ = ["ONNX_INPUT", "ONNX_OUTPUT", "Fit", "Layout", "SirenConfig", "TiledSiren",
-           "fit_image", "gradient_objective", "pixel_coords", "render", "stored_fit", "to_onnx"]
+           "fit_image", "gradient_objective", "pixel_coords", "read_network", "render",
+           "stored_fit", "to_onnx"]

@@ -63,7 +63,7 @@ def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None 
     (memory stays bounded; each group stops on its own). `loss`, when given, is minimised
     instead of the MSE; the PSNR that stops a group is still measured against `image`
     (gradient supervision for the merge plugin uses this). `init`, when given, is a learned
-    initialisation (`siren.learned`): the fit starts there and takes its learned steps first.
+    initialisation (`siren.learned`): every tile network starts from it instead of at random.
     """
     layout = Layout.for_image(image.shape[0], image.shape[1], config.tile, config.overlap)
     model = TiledSiren(len(layout.tiles), channels=image.shape[2], config=config)
@@ -77,10 +77,10 @@ def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None 
             budget = config.max_seconds * len(range(*tiles.indices(len(layout.tiles)))) / len(
                 layout.tiles)
             group = model.take(tiles)
-            history = _learned_start(group, coords[tiles], target[tiles], init) if init else []
-            history += _train(group, coords[tiles], target[tiles],
-                              functools.partial(_on_tiles, objective, tiles), config, budget,
-                              done=history)
+            if init is not None:
+                learned.load_into(group, init)
+            history = _train(group, coords[tiles], target[tiles],
+                             functools.partial(_on_tiles, objective, tiles), config, budget)
             model.put(tiles, group)
             steps = max(steps, history[-1][0] if history else 0)
             with torch.no_grad():
@@ -101,17 +101,6 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _learned_start(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
-                   init: learned.LearnedInit) -> History:
-    """Start `model` from the learned initialisation, take its learned steps; return them."""
-    begin = time.perf_counter()
-    params = learned.leaves(learned.start(init, coords, target))
-    params, errors = learned.adapt(params, coords, target, init.step_lrs.exp())
-    learned.load_into(model, params)
-    seconds = time.perf_counter() - begin
-    return [(k + 1, seconds, _psnr(error)) for k, error in enumerate(errors)]
-
-
 def _on_tiles(objective: Objective, tiles: slice, model: TiledSiren, coords: torch.Tensor,
               out: torch.Tensor) -> torch.Tensor:
     return objective(model, coords, out, tiles)
@@ -119,22 +108,31 @@ def _on_tiles(objective: Objective, tiles: slice, model: TiledSiren, coords: tor
 
 def _train(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
            objective: Callable[[TiledSiren, torch.Tensor, torch.Tensor], torch.Tensor],
-           config: SirenConfig, budget: float, *, done: History) -> History:
-    """Train one group of tile networks with Adam after the `done` steps (a learned start);
-    return the (step, seconds, psnr) history of the steps it took."""
+           config: SirenConfig, budget: float) -> History:
+    """Train one group of tile networks with Adam; return its (step, seconds, psnr) history."""
     optimiser = torch.optim.Adam(model.param_groups(config.lr))
-    begin, history = time.perf_counter(), []
-    elapsed = done[-1][1] if done else 0.0
-    for step in range(len(done) + 1, config.steps + 1):
+    rates = [group["lr"] for group in optimiser.param_groups]
+    start, history = time.perf_counter(), []
+    for step in range(1, config.steps + 1):
+        for group, rate in zip(optimiser.param_groups, rates, strict=True):
+            group["lr"] = rate * schedule(step, config)
         optimiser.zero_grad(set_to_none=True)
         out = model(coords)
         objective(model, coords, out).backward()
         optimiser.step()
         psnr = _psnr(float(torch.mean((out.detach() - target) ** 2)))
-        history.append((step, elapsed + time.perf_counter() - begin, psnr))
+        history.append((step, time.perf_counter() - start, psnr))
         if psnr >= config.target_psnr or (budget and history[-1][1] >= budget):
             break
     return history
+
+
+def schedule(step: int, config: SirenConfig) -> float:
+    """Return the learning-rate factor at `step` (1-based): a linear warm-up over
+    `config.warmup` steps, then, with `config.decay`, an exponential decay to `decay` times
+    the rate at step `config.steps`."""
+    ramp = min(1.0, step / config.warmup) if config.warmup else 1.0
+    return ramp * config.decay ** (step / config.steps) if config.decay else ramp
 
 
 def gradient_objective(gx: np.ndarray, gy: np.ndarray, means_of: np.ndarray,

@@ -31,6 +31,8 @@ class SirenConfig:
     # and the network would wiggle between pixel centres (bad for resampling and derivatives).
     pixels_per_unit: float = 64.0
     max_seconds: float = 0.0  # stop after this long (0: no time limit)
+    warmup: int = 0  # Adam steps over which the learning rate ramps up linearly (0: none)
+    decay: float = 0.0  # rate factor reached at the last step, exponentially (0: constant)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from imgproc import UsageError
 from imgproc_plugins.siren.fit import Fit
 from imgproc_plugins.siren.network import Layout, SirenConfig
 
@@ -60,3 +61,36 @@ def stored_fit(proto: onnx.ModelProto) -> tuple[Layout, SirenConfig]:
     data = json.loads(meta["layout"])
     layout = Layout(data["height"], data["width"], [tuple(t) for t in data["tiles"]])
     return layout, SirenConfig(**json.loads(meta["config"]))
+
+
+def read_network(data: bytes, *, name: str) -> tuple[Layout, SirenConfig]:
+    """Return the layout and config of a network saved by refit (`save_network=true`); raise
+    UsageError saying what the file is when it is not one (an image, another ONNX model)."""
+    from google.protobuf.message import DecodeError
+
+    hint = "a network saved by `imgproc run -p refit -O save_network=true` (*.network.onnx)"
+    try:
+        proto = onnx.load_from_string(data)
+    except (DecodeError, ValueError, RuntimeError):
+        proto = None
+    if proto is None or not proto.graph.node:
+        raise UsageError(f"{name} is not an ONNX model ({_looks_like(data)}); render needs "
+                         f"{hint}")
+    keys = {p.key for p in proto.metadata_props}
+    if not {"layout", "config"} <= keys:
+        inputs = ", ".join(i.name for i in proto.graph.input) or "none"
+        raise UsageError(f"{name} is an ONNX model ({proto.producer_name or 'unknown producer'}"
+                         f", inputs: {inputs}) but not a fitted SIREN; render needs {hint}")
+    try:
+        return stored_fit(proto)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"{name}: its refit metadata is damaged ({error})") from None
+
+
+def _looks_like(data: bytes) -> str:
+    """Return what the first bytes of a file say it is, for an error message."""
+    signatures = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image",
+                  b"GIF8": "a GIF image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+                  b"RIFF": "a RIFF file (WebP?)", b"BM": "a BMP image", b"PK": "a zip archive"}
+    found = next((kind for magic, kind in signatures.items() if data.startswith(magic)), None)
+    return found or ("an empty file" if not data else "unrecognised contents")
