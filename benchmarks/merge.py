@@ -13,18 +13,15 @@ wall time and the child's peak resident memory (ru_maxrss), in the same run.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import structlog
 from PIL import Image
 from skimage import data
-from timing import REPEATS, best_time  # benchmarks/ is on sys.path (run.py)
+from timing import REPEATS, best_time, measured_program  # benchmarks/ is on sys.path (run.py)
 
 from exporters.merge import reference_merge
 from imgproc import resize
@@ -83,18 +80,6 @@ def _solves(a: np.ndarray, b: np.ndarray, mode: str) -> list[float]:
             best_time(lambda: reference_merge(a, b, weight=0.5, mixed=mixed))]
 
 
-def _measured(command: list[str]) -> tuple[float, float]:
-    """Return (seconds, peak resident GB) of a command run as a fresh child process."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"{command[:3]} failed: {child.stderr.read().decode()[-500:]}")
-    return seconds, usage.ru_maxrss / 2**20  # kB -> GB
-
-
 def big_rows() -> list[tuple[str, str, float, float]]:
     """Return (mode, program, seconds, peak GB) for the 12 MP programs, run side by side."""
     rows = []
@@ -106,9 +91,9 @@ def big_rows() -> list[tuple[str, str, float, float]]:
                 root / name / "photo.jpg", quality=92)
         imgproc = str(Path(sys.executable).with_name("imgproc"))
         for mode in MODES:
-            ours = _measured([imgproc, "run", "-p", "merge", "-O", f"mode={mode}",
+            ours = measured_program([imgproc, "run", "-p", "merge", "-O", f"mode={mode}",
                               str(root / "a"), str(root / "b"), "-o", str(root / mode)])
-            reference = _measured([sys.executable, "-c", REFERENCE_PROGRAM,
+            reference = measured_program([sys.executable, "-c", REFERENCE_PROGRAM,
                                    str(root / "a/photo.jpg"), str(root / "b/photo.jpg"),
                                    str(root / "ref.jpg"), mode])
             rows += [(mode, "`imgproc run -p merge`", *ours),

@@ -47,7 +47,7 @@ def config_from(options: dict[str, Any]) -> Any:
                        tile=options["tile"], overlap=options["overlap"],
                        pixels_per_unit=options["pixels_per_unit"],
                        max_seconds=options["max_seconds"], warmup=options["warmup"],
-                       decay=options["decay"])
+                       decay=options["decay"], sample=options["sample"])
 
 
 def learned_init(options: dict[str, Any]) -> Any:
@@ -156,6 +156,9 @@ PROCESSOR = Processor(
                "meta-learned on photos (models/refit-init.onnx); random: SIREN's random "
                "initialisation", choices=INITS),
         Option("lr", float, 2e-3, "Adam learning rate", min=1e-7, max=1.0),
+        Option("sample", float, 0.5, "share of each tile's pixels one step fits, drawn "
+               "anew each step, until the fit is 3 dB from its target (1: all pixels)",
+               min=0.01, max=1.0),
         Option("warmup", int, 0, "steps over which the learning rate ramps up (0: none)",
                min=0),
         Option("decay", float, 0.0, "learning-rate factor reached at the last step, "

@@ -33,6 +33,7 @@ class SirenConfig:
     max_seconds: float = 0.0  # stop after this long (0: no time limit)
     warmup: int = 0  # Adam steps over which the learning rate ramps up linearly (0: none)
     decay: float = 0.0  # rate factor reached at the last step, exponentially (0: constant)
+    sample: float = 1.0  # share of each tile's pixels that one step fits (random each step)
 
 
 @dataclass(frozen=True)
