@@ -227,8 +227,10 @@ def section(summary: dict[str, Any]) -> str:
     head = "| model | input | CPU MP/s |" + (" CUDA MP/s | CUDA TF32 | CUDA + IO binding | "
                                              "CUDA / CPU |" if gpu else "")
     lines = ["## CUDA vs CPU (device run)", "",
-             "Output megapixels per second, each model run on its own (`python benchmarks/"
-             "device.py run` on the GPU machine, then `publish`).", "", head,
+             "Output megapixels per second of each network on its own (height x width of its "
+             "output; colorize's is the chroma map at half its input's size), on the input "
+             "size shown (`python benchmarks/device.py run` on the GPU machine, then "
+             "`publish`).", "", head,
              "| --- | --- | ---: |" + (" ---: | ---: | ---: | ---: |" if gpu else "")]
     for r in data["rows"]:
         size = "x".join(str(d) for d in r["input"][-2:])
