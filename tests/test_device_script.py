@@ -29,6 +29,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the smoke run takes 20-70 s on 2 cores; CI runs it in its -m slow step
 def test_the_smoke_run_checks_measures_and_trains(smoke: Path) -> None:
     summary = json.loads((smoke / "summary.json").read_text())
     samples = [p for p in (ROOT / "examples" / "images").iterdir() if p.suffix != ".md"]
@@ -46,6 +47,7 @@ def test_the_smoke_run_checks_measures_and_trains(smoke: Path) -> None:
     assert all(t["reached"] == t["planned"] == 2 for t in trained.values())
 
 
+@pytest.mark.slow  # the smoke run takes 20-70 s on 2 cores; CI runs it in its -m slow step
 def test_what_comes_back_fits_the_device_limits(smoke: Path) -> None:
     back = [p for p in smoke.iterdir() if p.name != "work"]  # work/ stays on the machine
     assert len(back) <= 8 and all(p.is_file() and p.stat().st_size < 16 * 2**20 for p in back)
@@ -53,6 +55,7 @@ def test_what_comes_back_fits_the_device_limits(smoke: Path) -> None:
         p.name for p in back}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["superres-fast", "colorize"])
 def test_returned_checkpoints_load_for_export_without_optimiser(smoke: Path, name: str) -> None:
     import torch
@@ -64,6 +67,7 @@ def test_returned_checkpoints_load_for_export_without_optimiser(smoke: Path, nam
     assert loaded is not None
 
 
+@pytest.mark.slow  # the smoke run takes 20-70 s on 2 cores; CI runs it in its -m slow step
 def test_publish_writes_the_table_into_the_benchmarks_page(smoke: Path, tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n<!-- device:start -->\nold\n<!-- device:end -->\n")
