@@ -157,8 +157,8 @@ PROCESSOR = Processor(
                "initialisation", choices=INITS),
         Option("lr", float, 2e-3, "Adam learning rate", min=1e-7, max=1.0),
         Option("sample", float, 0.5, "share of each tile's pixels one step fits, drawn "
-               "anew each step, until the fit is 3 dB from its target (1: all pixels)",
-               min=0.01, max=1.0),
+               "anew each step, until the fit is 3 dB from its target or a third of `steps` "
+               "is done (1: all pixels)", min=0.01, max=1.0),
         Option("warmup", int, 0, "steps over which the learning rate ramps up (0: none)",
                min=0),
         Option("decay", float, 0.0, "learning-rate factor reached at the last step, "
