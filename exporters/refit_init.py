@@ -162,15 +162,16 @@ def validate(start: TiledSiren | None, *, count: int = 256, seed: int = 7) -> li
     return [errors[n] for n in CURVE_STEPS]
 
 
-def export(run: Path, out_dir: Path = OUT_DIR) -> ExportResult:
+def export(run: Path, out_dir: Path = OUT_DIR, *, val_patches: int = 256) -> ExportResult:
     """Return the result of exporting run/last.pt as refit-init.{onnx,json,md}."""
     state = torch.load(run / "last.pt", weights_only=False)
     config = SirenConfig()
     start = TiledSiren(1, channels=3, config=config)
     start.load_state_dict(state["start"])
-    ours, theirs = validate(start), validate(None)
+    ours, theirs = validate(start, count=val_patches), validate(None, count=val_patches)
     metrics: dict[str, float | str] = {
-        "validation": "256 random 32x32 patches of color-val (each image shrunk 0.35-1x), "
+        "validation": f"{val_patches} random 32x32 patches of color-val (each image shrunk "
+                      "0.35-1x), "
                       f"Adam at refit's rate {config.lr:g}, PSNR of the mean squared error"}
     for n, db, db_random in zip(CURVE_STEPS, ours, theirs, strict=True):
         metrics[f"after {n} steps: learned init (dB)"] = db

@@ -226,3 +226,19 @@ def test_sampled_steps_stop_only_once_all_pixels_reach_the_target(photo: np.ndar
     assert fit.steps < config.steps and fit.psnr >= 30.0  # fit.psnr: every pixel
     with pytest.raises(ValueError, match="needs the pixel loss"):
         siren.fit_image(photo, config, loss=lambda model, coords, out, tiles: out.mean())
+
+
+@pytest.mark.export
+def test_meta_training_resumes_and_exports_an_init_the_plugin_loads(tmp_path: Path) -> None:
+    from exporters import refit_init
+
+    run = tmp_path / "run"
+    refit_init.train(run, steps=1, batch=4, inner_steps=2, outer_rate=0.5, seed=3, threads=1)
+    refit_init.train(run, steps=2, batch=4, inner_steps=2, outer_rate=0.5, seed=3, threads=1)
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2  # resumed, not redone
+    result = refit_init.export(run, tmp_path / "models", val_patches=8)
+    init = learned.load(ModelFile.from_facts(result.facts_path))
+    assert init.mismatch(siren.SirenConfig()) is None
+    saved = torch.load(run / "last.pt", weights_only=False)["start"]
+    for name, value in init.weights.items():
+        assert torch.equal(value, saved[name][0]), name
