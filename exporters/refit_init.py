@@ -25,6 +25,7 @@ from PIL import Image
 
 from exporters.onnx_export import ExportResult, ModelCard, export_model
 from exporters.training import cosine_factor, restore_rng, rng_states, save_atomic
+from imgproc import ModelFile
 from imgproc_plugins.siren import learned
 from imgproc_plugins.siren.fit import pixel_coords
 from imgproc_plugins.siren.network import Layout, SirenConfig, TiledSiren
@@ -108,18 +109,23 @@ def _as_init(start: TiledSiren, config: SirenConfig) -> learned.LearnedInit:
 
 
 def train(run: Path, *, steps: int, batch: int, inner_steps: int, outer_rate: float,
-          seed: int, threads: int) -> None:
-    """Meta-train, checkpointing to run/last.pt every 25 steps; resumes from it when present."""
+          seed: int, threads: int, init: Path | None = None) -> None:
+    """Meta-train, checkpointing to run/last.pt every 25 steps; resumes from it when present,
+    else starts from `init` (an exported refit-init.json) or SIREN's own initialisation."""
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
     config = SirenConfig()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     start, done = TiledSiren(1, channels=3, config=config), 0  # SIREN's own init, seed 0
+    earlier = ""  # how the weights it continues were trained (the card says both)
+    if init is not None and not (run / "last.pt").exists():
+        learned.load_into(start, learned.load(ModelFile.from_facts(init)))
+        earlier = json.loads(init.read_text())["training_steps"]
     if (run / "last.pt").exists():
         state = torch.load(run / "last.pt", weights_only=False)
         start.load_state_dict(state["start"])
-        done = state["step"]
+        done, earlier = state["step"], state.get("earlier", "")
         restore_rng(state["rng"], rng)
     images = load_images(TRAIN_DIRS)
     coords = tile_coords(config, batch)
@@ -138,7 +144,7 @@ def train(run: Path, *, steps: int, batch: int, inner_steps: int, outer_rate: fl
                 log.flush()
                 save_atomic({"start": start.state_dict(), "step": done, "rng": rng_states(rng),
                              "seed": seed, "batch": batch, "inner_steps": inner_steps,
-                             "outer_rate": outer_rate}, run / "last.pt")
+                             "outer_rate": outer_rate, "earlier": earlier}, run / "last.pt")
 
 
 def _db(mse: float) -> float:
@@ -188,8 +194,10 @@ def export(run: Path, out_dir: Path = OUT_DIR, *, val_patches: int = 256) -> Exp
         training_data="patches of ../shared/data/sr-train (T91, BSDS400 train+test), each "
                       f"image shrunk by a log-uniform factor in [{MIN_SHRINK}, 1], random "
                       "flips and transposes",
-        training_steps=(f"{state['step']} Reptile meta steps from SIREN's init (seed "
-                        f"{state['seed']}): batch {state['batch']} patches, "
+        training_steps=(f"{state['step']} Reptile meta steps from "
+                        + (f"an earlier export ({state['earlier']})" if state.get("earlier")
+                           else "SIREN's init")
+                        + f", seed {state['seed']}: batch {state['batch']} patches, "
                         f"{state['inner_steps']} inner Adam steps at {config.lr:g}, outer "
                         f"rate {state['outer_rate']:g} on a cosine to a tenth"),
         metrics=metrics,
@@ -216,11 +224,13 @@ def main() -> None:
               help="Reptile step towards the fitted copies' mean (cosine to a tenth).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from an exported refit-init.json (continue a shipped init).")
 def train_command(run: Path, steps: int, batch: int, inner_steps: int, outer_rate: float,
-                  seed: int, threads: int) -> None:
+                  seed: int, threads: int, init: Path | None) -> None:
     """Meta-train (resumes from RUN/last.pt)."""
     train(run, steps=steps, batch=batch, inner_steps=inner_steps, outer_rate=outer_rate,
-          seed=seed, threads=threads)
+          seed=seed, threads=threads, init=init)
 
 
 @main.command("export")
