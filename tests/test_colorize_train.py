@@ -383,6 +383,7 @@ def _assert_matches_on_a_new_size(onnx_path: Path, model: torch.nn.Module) -> No
 
 
 @pytest.mark.export
+@pytest.mark.slow  # 5-7 s each: the study variants; the shipped FR export is checked by default
 @pytest.mark.parametrize(("variant", "loss"), PARITY_CONFIGS,
                          ids=[f"{v}-{loss}" for v, loss in PARITY_CONFIGS])
 def test_export_parity_at_odd_sizes(tmp_path: Path, bins: Bins, variant: str,
@@ -428,6 +429,7 @@ def test_training_can_start_from_an_exported_model(tmp_path: Path, photos: Path)
 
 
 @pytest.mark.export
+@pytest.mark.slow  # 6 s: exports a width-0.125 net to find the folded weight
 def test_starting_from_an_export_that_folded_weights_is_refused(tmp_path: Path,
                                                                 photos: Path) -> None:
     # At width 0.125 the exporter folds the fusion weight's two slices into new constants.
