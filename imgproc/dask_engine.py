@@ -39,6 +39,17 @@ KEEP_PREPARED = 4  # pipelines a long-lived worker keeps loaded (one per distinc
 
 log = structlog.get_logger("imgproc.dask")
 
+# Dask settings for a cluster imgproc starts itself (docs/engines.md recommends them for yours):
+LOCAL_CLUSTER_CONFIG = {
+    # A worker holds only the images it runs (Dask's default queues one more on it), so a
+    # worker's death blames only those.
+    "distributed.scheduler.worker-saturation": 1.0,
+    # Dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which turns every large buffer into a
+    # fresh mmap: measured here, 8-10 ms of CPU more per 512x384 image, growing with its size.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,  # a stack sample every 10 ms, unused here
+}
+
 
 class DaskEngine:
     """Runs jobs as Dask tasks on a cluster at `settings.address` (or $DASK_SCHEDULER_ADDRESS),
@@ -76,7 +87,7 @@ class DaskEngine:
             return
         with self._check_lock:
             if not self._checked:
-                self.check(first)
+                self.check(first.output.parent, first.inputs[0])
         pending: dict[str, tuple[Future, Job]] = {}
         window = max(16, 4 * sum(self.client.nthreads().values()))  # bounds scheduler memory
         # Results are fetched as each task ends, in the background: an Outcome still held by a
@@ -102,17 +113,17 @@ class DaskEngine:
             if pending:
                 self.client.cancel([future for future, _ in pending.values()])
 
-    def check(self, job: Job) -> None:
-        """Raise EngineError unless every worker sees this job's folders and has the same
-        imgproc, plugins and models as the client (and can load them)."""
-        folder = job.output.parent.absolute()  # workers have their own working directory
+    def check(self, output: Path, sample: Path) -> None:
+        """Raise EngineError unless every worker sees the `output` folder (a probe file written
+        there) and `sample` (an input file or folder), and has the same imgproc, plugins and
+        models as the client (and can load them)."""
+        folder = output.absolute()  # workers have their own working directory
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(8)
         probe = folder / f"{PROBE_PREFIX}{token}"
         probe.write_text(token)
         try:
-            reports = self.client.run(check_worker, self.work, probe,
-                                      job.inputs[0].absolute())
+            reports = self.client.run(check_worker, self.work, probe, sample.absolute())
         finally:
             probe.unlink(missing_ok=True)
         problems = {addr: reason for addr, reason in reports.items() if reason}
@@ -174,9 +185,7 @@ def _connect(address: str, timeout: float) -> Client:
 
 def _local_cluster(work: Work, settings: EngineSettings) -> LocalCluster:
     env = {PLUGINS_DIR_ENV: str(work.plugins_dir.absolute())} if work.plugins_dir else {}
-    # A worker holds only the images it runs (Dask's default queues one more on it), so a
-    # worker's death blames only those (docs/engines.md).
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
         return LocalCluster(n_workers=settings.workers or usable_cores(),
                             threads_per_worker=settings.threads_per_worker, processes=True,
                             host="127.0.0.1", dashboard_address=settings.dashboard or None,

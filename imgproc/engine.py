@@ -36,6 +36,12 @@ class Engine(Protocol):
         """
         ...
 
+    def check(self, output: Path, sample: Path) -> None:
+        """Raise EngineError unless the engine can write into `output` and read `sample` (an
+        input file or folder) where its images run. `map` checks its first job itself; the
+        watch daemon calls this at start, before any file arrives."""
+        ...
+
     def close(self) -> None:
         """Stop what the engine started (threads, a local cluster); idempotent."""
         ...
@@ -163,6 +169,10 @@ class LocalEngine:
         finally:
             for future in futures:
                 future.cancel()
+
+    def check(self, output: Path, sample: Path) -> None:
+        """Do nothing: this process already runs the batch's checks (`prepare`, the CLI's
+        output-folder probe)."""
 
     def close(self) -> None:
         """Wait for the images in hand; drop the rest."""

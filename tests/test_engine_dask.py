@@ -57,6 +57,19 @@ def no_leftover_children() -> Iterator[None]:
     assert not _wait_gone(_children() - before), "processes left behind"
 
 
+DASK_SETTINGS = """
+distributed:
+  scheduler:
+    worker-saturation: 1.0
+  nanny:
+    pre-spawn-environ:
+      MALLOC_TRIM_THRESHOLD_: null
+  worker:
+    profile:
+      enabled: false
+"""
+
+
 @dataclass
 class Cluster:
     """A `dask scheduler` and `dask worker` processes started as a user would."""
@@ -97,9 +110,10 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     clusters: list[Cluster] = []
 
     def start(*worker_envs: dict[str, str], allowed_failures: int = 1) -> Cluster:
-        env = {**os.environ,  # the scheduler settings docs/engines.md recommends
-               "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures),
-               "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
+        settings = tmp_path / "dask.yaml"  # the settings docs/engines.md recommends
+        settings.write_text(DASK_SETTINGS)
+        env = {**os.environ, "DASK_CONFIG": str(settings),
+               "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
         file = tmp_path / f"scheduler-{len(clusters)}.json"
         scheduler = _spawn(["scheduler", "--host", "127.0.0.1", "--port", "0",
                             "--no-dashboard", "--scheduler-file", str(file)], env)
@@ -273,3 +287,4 @@ def test_skip_existing_resumes_a_cluster_batch(start_cluster: Callable[..., Clus
     stdout, _ = again.communicate(timeout=120)
     assert (json.loads(stdout)["done"], json.loads(stdout)["skipped"]) == (2, 2)
     assert not stale.exists()
+

@@ -13,8 +13,11 @@ from imgproc import Option, Processor, hookimpl
 
 
 def nap(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
-    """Return the image inverted after sleeping, so a test can kill a worker in the middle."""
+    """Return the image inverted after sleeping, so a test can kill a worker in the middle;
+    with `note_pid`, write which process ran it beside the output (<stem>.pid.txt)."""
     time.sleep(options["seconds"])
+    if options["note_pid"]:
+        context.add_output("pid.txt", str(os.getpid()).encode())
     return 1.0 - images[0]
 
 
@@ -31,7 +34,8 @@ def imgproc_processors() -> list[Processor]:
     """Return the engine tests' processors."""
     return [
         Processor("nap", "Sleep, then invert the image.", nap,
-                  options=(Option("seconds", float, 0.0, "how long to sleep", min=0.0),)),
+                  options=(Option("seconds", float, 0.0, "how long to sleep", min=0.0),
+                           Option("note_pid", bool, False, "write the process id beside"))),
         Processor("crash", "Invert the image; kill the process on one width.", crash,
                   options=(Option("width", int, 0, "the width that kills", min=0),)),
     ]
