@@ -210,6 +210,8 @@ def doctor(env: Env, provider: str | None, check: bool, as_json: bool) -> None:
               help="What to do with an input once processed.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="same", show_default=True)
 @click.option("--poll", is_flag=True, help="Poll instead of OS events (network drives).")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow links dropped in the folder (only to files inside it).")
 @click.option("--poll-interval", type=float, default=1.0, show_default=True)
 @click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
               help="Journal file [config daemon.journal].")
@@ -218,8 +220,8 @@ def doctor(env: Env, provider: str | None, check: bool, as_json: bool) -> None:
 @click.pass_obj
 def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: tuple[str, ...],
           outdir: Path | None, recursive: bool, after: str, fmt: str, poll: bool,
-          poll_interval: float, journal: Path | None, workers: int | None,
-          provider: str | None) -> None:
+          follow_symlinks: bool, poll_interval: float, journal: Path | None,
+          workers: int | None, provider: str | None) -> None:
     """Watch folders and process every complete new file exactly once.
 
     With INPUT_DIR, --plugin and -o: one ad-hoc rule. Without: the [[watch]] rules of
@@ -236,7 +238,8 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
             raise UsageError("an ad-hoc watch needs INPUT_DIR, --plugin and -o OUTDIR")
         rules = (WatchRule(input=input_dir, output=outdir, plugins=plugins,
                            options=_pipeline_options(plugins, options), recursive=recursive,
-                           after=after, format=fmt, poll=poll, poll_interval=poll_interval),)
+                           after=after, format=fmt, poll=poll, poll_interval=poll_interval,
+                           follow_symlinks=follow_symlinks),)
     elif not rules:
         raise UsageError("no [[watch]] rules in the config; or give INPUT_DIR --plugin -o OUTDIR")
     watches = build_watches(rules, env.registry(), config.plugins)
@@ -278,26 +281,28 @@ def _pipeline_options(plugins: tuple[str, ...], pairs: tuple[str, ...]) -> dict[
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(env: Env, journal: Path | None, as_json: bool) -> None:
-    """Show the watch journal: how many inputs are in each state, and the last errors."""
-    from imgproc.journal import Journal
+    """Show the watch journal: inputs in each state, the backlog of each watched folder (files
+    with no entry and no output yet, counted now), retries waiting on a fault, the last errors."""
+    from imgproc.status import journal_status
 
     path = journal or env.config.journal_path()
     if not path.exists():
         raise UsageError(f"no journal at {path} (has `imgproc watch` run?)")
-    store = Journal(path)
-    try:
-        counts, errors = store.counts(), store.last_errors()
-    finally:
-        store.close()
+    report = journal_status(path)
     if as_json:
-        click.echo(json.dumps({"journal": str(path), "counts": counts, "last_errors": [
-            {"path": e.path, "state": e.state, "attempts": e.attempts, "error": e.error}
-            for e in errors]}, indent=2))
+        click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"journal: {path}")
-    click.echo(", ".join(f"{state} {n}" for state, n in counts.items()))
-    for e in errors:
-        click.echo(f"{e.state} {e.path} (attempt {e.attempts}): {e.error}")
+    click.echo(f"journal: {path} (daemon {'running' if report['daemon_running'] else 'stopped'})")
+    click.echo(", ".join(f"{state} {n}" for state, n in report["counts"].items()))
+    if report["counts"]["running"] and not report["daemon_running"]:
+        click.echo(f"{report['counts']['running']} entry(ies) left running by a stopped daemon: "
+                   "re-run at its next start")
+    for folder, count in report["backlog"].items():
+        click.echo(f"backlog {folder}: {count} file(s) with no entry and no output yet")
+    for w in report["waiting"]:
+        click.echo(f"waiting {w['path']} (next retry {w['next_retry']}): {w['error']}")
+    for e in report["last_errors"]:
+        click.echo(f"{e['state']} {e['path']} (attempt {e['attempts']}): {e['error']}")
 
 
 @cli.command()

@@ -177,10 +177,12 @@ def test_status_after_kill_9_shows_the_backlog(root: Path) -> None:
     daemon.wait_for(lambda: any(e["event"] == "daemon starting" for e in daemon.events()))
     _drop(root / "in", 6)
     daemon.wait_for(lambda: any(e["event"] == "started" for e in daemon.events()))
-    live = _status(root)
+    try:
+        live = _status(root)
+    finally:
+        daemon.proc.kill()
+        daemon.proc.wait()
     assert live["daemon_running"] is True
-    daemon.proc.kill()
-    daemon.proc.wait()
     report = _status(root)
     assert report["daemon_running"] is False
     assert report["counts"]["running"] == 1  # left by the killed daemon, re-run at next start
