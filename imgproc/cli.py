@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -124,7 +125,7 @@ def run(env: Env, plugin: str, options: tuple[str, ...], inputs: tuple[Path, ...
     config = env.config.replace("runtime", provider=provider, workers=workers)
     config = config.replace("output", format=fmt)
     config = config.replace("engine", kind=engine or ("dask" if address else None),
-                            address=address)
+                            address=address, workers=workers)  # a local cluster's processes
     registry = env.registry()
     processor = registry.get(plugin).processor
     try:
@@ -227,6 +228,7 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
     With INPUT_DIR, --plugin and -o: one ad-hoc rule. Without: the [[watch]] rules of
     config.toml. Stop with Ctrl-C or SIGTERM; the images in hand are finished first.
     """
+    from imgproc.engine import open_watch_engines
     from imgproc.journal import Journal
     from imgproc.runtime import Runtime
     from imgproc.watch import Daemon, build_watches, check_watches
@@ -242,20 +244,24 @@ def watch(env: Env, input_dir: Path | None, plugins: tuple[str, ...], options: t
                            follow_symlinks=follow_symlinks),)
     elif not rules:
         raise UsageError("no [[watch]] rules in the config; or give INPUT_DIR --plugin -o OUTDIR")
-    watches = build_watches(rules, env.registry(), config.plugins)
+    registry = env.registry()
+    watches = build_watches(rules, registry, config.plugins)
     check_watches(watches)  # before the journal file is created
-    store = Journal(journal or config.journal_path())
-    daemon = Daemon(watches, runtime=Runtime(config.runtime), journal=store,
-                    output=config.output, settings=config.daemon,
-                    workers=config.runtime.workers)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.request_stop())
-    daemon.start()
-    try:
-        daemon.wait()
-    finally:
-        daemon.stop()
-        store.close()
+    runtime = Runtime(config.runtime)
+    with ExitStack() as engines_in_use:  # a cluster started for the daemon stops after it
+        engines = open_watch_engines(registry, config, watches, runtime, stack=engines_in_use,
+                                     plugins_dir=env.plugins_dir)
+        store = Journal(journal or config.journal_path())
+        daemon = Daemon(watches, runtime=runtime, journal=store, output=config.output,
+                        settings=config.daemon, workers=config.runtime.workers, engines=engines)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: daemon.request_stop())
+        daemon.start()
+        try:
+            daemon.wait()
+        finally:
+            daemon.stop()
+            store.close()
 
 
 def _pipeline_options(plugins: tuple[str, ...], pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -181,6 +181,7 @@ class WatchRule:
     poll: bool = False
     poll_interval: float = 1.0
     follow_symlinks: bool = False  # links inside the folder, to files inside it (imgproc.links)
+    engine: str = ""  # where its images run: local, dask, ...; "" = the [engine] kind
 
     def __post_init__(self) -> None:
         _choice("watch.after", self.after, AFTER)
@@ -210,6 +211,7 @@ _RULE_TYPES: dict[str, type | tuple[type, ...]] = {
     "input": str, "output": str, "plugin": str, "plugins": list, "options": dict,
     "recursive": bool, "patterns": list, "after": str, "done_folder": str, "quarantine": str,
     "format": str, "poll": bool, "poll_interval": (int, float), "follow_symlinks": bool,
+    "engine": str,
 }
 
 
@@ -247,7 +249,7 @@ def parse_watch_rule(data: Mapping[str, Any], *, base: Path | None = None,
             after=data.get("after", "keep"), done_folder=path("done_folder"),
             quarantine=path("quarantine"), format=data.get("format", "same"),
             poll=data.get("poll", False), poll_interval=float(data.get("poll_interval", 1.0)),
-            follow_symlinks=data.get("follow_symlinks", False))
+            follow_symlinks=data.get("follow_symlinks", False), engine=data.get("engine", ""))
     except ConfigError as exc:
         raise ConfigError(exc.key.replace("watch.", f"{key}."), exc.reason) from None
 

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imgproc.batch import Job, Outcome, Step, prepare, process_one
 from imgproc.config import Config, EngineSettings, LoggingSettings, OutputSettings, RuntimeSettings
@@ -23,6 +23,11 @@ from imgproc.hookspecs import hookimpl
 from imgproc.images import TEMP_SUFFIX
 from imgproc.registry import Registry, host_version
 from imgproc.runtime import Runtime
+
+if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+    from imgproc.watch import Watch
 
 
 class Engine(Protocol):
@@ -146,6 +151,24 @@ def open_engine(registry: Registry, config: Config, steps: Sequence[Step], runti
         raise UsageError("--address names a cluster scheduler: use it with --engine dask")
     work = describe_work(steps, registry, config, plugins_dir=plugins_dir)
     return kind.open(work, settings=settings, steps=steps, runtime=runtime)
+
+
+def open_watch_engines(registry: Registry, config: Config, watches: Sequence[Watch],
+                       runtime: Runtime, *, stack: ExitStack,
+                       plugins_dir: Path | None = None) -> dict[int, Engine]:
+    """Return {rule index: engine} for the watch rules whose images run elsewhere (the rule's
+    `engine`, else `[engine] kind`), each opened on `stack` and checked against the rule's
+    folders now, before any file arrives; rules that run here (`local`) get none."""
+    engines: dict[int, Engine] = {}
+    for index, watch in enumerate(watches):
+        kind = watch.rule.engine or config.engine.kind
+        if kind == "local":
+            continue
+        engine = stack.enter_context(open_engine(registry, config.replace("engine", kind=kind),
+                                                 watch.steps, runtime, plugins_dir=plugins_dir))
+        engine.check(watch.rule.output, watch.rule.input)
+        engines[index] = engine
+    return engines
 
 
 class LocalEngine:

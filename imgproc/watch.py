@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from watchdog.events import (
@@ -59,6 +59,9 @@ from imgproc.links import readable_path
 from imgproc.registry import Registry
 from imgproc.runtime import Runtime
 from imgproc.settle import Settler, file_stat
+
+if TYPE_CHECKING:
+    from imgproc.engine import Engine
 
 log = structlog.get_logger("imgproc.watch")
 
@@ -183,9 +186,11 @@ class Daemon:
     """Runs watch rules until stopped: observers, the settler, a bounded queue and workers."""
 
     def __init__(self, watches: Sequence[Watch], *, runtime: Runtime, journal: Journal,
-                 output: OutputSettings, settings: DaemonSettings, workers: int = 1) -> None:
+                 output: OutputSettings, settings: DaemonSettings, workers: int = 1,
+                 engines: Mapping[int, Engine] | None = None) -> None:
         check_watches(watches)
         self.watches = list(watches)
+        self.engines = dict(engines or {})  # rule index -> where its images run, if not here
         self.runtime, self.journal, self.output = runtime, journal, output
         self.settings = settings
         self.settler = Settler(settings.settle_seconds)
@@ -323,11 +328,20 @@ class Daemon:
             return
         log.info("started", path=str(path), rule=watch.rule.name, attempt=entry.attempts + 1)
         try:
-            outcome = process_one(Job((source,), output), watch.steps, self.runtime, self.output)
+            outcome = self._process(index, watch, Job((source,), output))
             self._record(watch, index, path, entry, outcome, (size, mtime_ns))
         except Exception as exc:  # the journal or a move failed: never leave the entry running
             log.exception("could not record the outcome", path=str(path))
             self._wait(index, path, entry, f"{type(exc).__name__}: {exc}", "environment")
+
+    def _process(self, index: int, watch: Watch, job: Job) -> Outcome:
+        """Return the outcome of one job: on the rule's engine (a cluster) when it has one, else
+        here, as `imgproc run` does."""
+        engine = self.engines.get(index)
+        if engine is None:
+            return process_one(job, watch.steps, self.runtime, self.output)
+        (outcome,) = engine.map([job])  # runs the iterator to its end: one job, one outcome
+        return outcome
 
     def _record(self, watch: Watch, index: int, path: Path, entry: Entry, outcome: Outcome,
                 read: tuple[int, int]) -> None:

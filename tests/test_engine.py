@@ -189,3 +189,44 @@ def test_engine_usage_errors_exit_two(run_cli: Run, tmp_path: Path,
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+class _Recording(LocalEngine):
+    """A local engine that records the folders it was asked to check."""
+
+    checked: list[tuple[Path, Path]] = []
+
+    def check(self, output: Path, sample: Path) -> None:
+        self.checked.append((output, sample))
+
+
+class _FakeCluster:
+    """A plugin registering the engine `fake` (a stand-in for a cluster engine)."""
+
+    @staticmethod
+    @hookimpl
+    def imgproc_engines() -> list[EngineKind]:
+        def open_fake(work: Work, *, settings: Any, steps: Any, runtime: Runtime) -> _Recording:
+            return _Recording(steps, runtime, work.output)
+
+        return [EngineKind("fake", "Records checks.", open_fake)]
+
+
+def test_watch_rules_get_their_engine_or_the_default(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from imgproc.engine import open_watch_engines
+    from imgproc.watch import build_watches
+
+    registry = load_registry(plugins_dir=LOCAL_PLUGINS, extra_plugins=[("fake", _FakeCluster())])
+    rules = [{"input": str(tmp_path / name), "output": str(tmp_path / f"{name}-out"),
+              "plugin": "identity", **extra}
+             for name, extra in (("a", {}), ("b", {"engine": "local"}), ("c", {"engine": "fake"}))]
+    config = parse_config({"engine": {"kind": "fake"}, "watch": rules})
+    watches = build_watches(config.watch, registry, config.plugins)
+    _Recording.checked = []
+    with ExitStack() as stack:
+        engines = open_watch_engines(registry, config, watches, Runtime(), stack=stack)
+    assert sorted(engines) == [0, 2]  # the default for a, none for b (local), its own for c
+    assert _Recording.checked == [(tmp_path / "a-out", tmp_path / "a"),
+                                  (tmp_path / "c-out", tmp_path / "c")]

@@ -288,3 +288,33 @@ def test_skip_existing_resumes_a_cluster_batch(start_cluster: Callable[..., Clus
     assert (json.loads(stdout)["done"], json.loads(stdout)["skipped"]) == (2, 2)
     assert not stale.exists()
 
+
+@pytest.mark.slow
+def test_the_watch_daemon_hands_its_images_to_a_cluster(tmp_path: Path) -> None:
+    inbox, outbox, log = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "daemon.log"
+    inbox.mkdir()
+    (tmp_path / "config.toml").write_text(
+        '[engine]\nworkers = 2\n\n[daemon]\njournal = "journal.sqlite"\n\n'
+        '[[watch]]\ninput = "inbox"\noutput = "outbox"\nplugin = "nap"\nengine = "dask"\n'
+        '[watch.options.nap]\nseconds = 0.1\nnote_pid = true\n')
+    env = {k: v for k, v in os.environ.items() if k != "IMGPROC_CONFIG"}
+    with log.open("w") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "imgproc.cli", "--config", str(tmp_path / "config.toml"),
+             "--plugins-dir", str(ENGINE_PLUGINS), "--log-json", "watch", "--workers", "2"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        _wait_for(lambda: "daemon starting" in log.read_text() or daemon.poll() is not None,
+                  60, "the daemon did not start")
+        cluster = {c.pid for c in psutil.Process(daemon.pid).children(recursive=True)}
+        inputs = _images(inbox, 4)
+        _wait_for(lambda: len(list(outbox.glob("*.pid.txt"))) == 4, 60, "no outputs")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert daemon.returncode == 0, log.read_text()[-3000:]
+    assert not _wait_gone(cluster), "the daemon left cluster processes behind"
+    for path in inputs:
+        assert np.allclose(read_rgb(outbox / path.name), 1 - read_rgb(path))
+    ran_in = {int((outbox / f"{p.stem}.pid.txt").read_text()) for p in inputs}
+    assert ran_in and ran_in <= cluster - {daemon.pid}  # on the cluster's workers only
