@@ -58,7 +58,8 @@ class DaskEngine:
     def __init__(self, work: Work, settings: EngineSettings) -> None:
         self.settings = settings
         self.cluster: LocalCluster | None = None
-        address = settings.address or dask.config.get("scheduler-address", None)
+        address = (settings.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+                   or dask.config.get("scheduler-address", None))
         try:
             if address:
                 self.client = _connect(address, settings.timeout)

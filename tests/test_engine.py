@@ -178,10 +178,12 @@ Run = Callable[..., Result]
     (("--engine", "spark"), "no engine 'spark' (available: dask, local)"),
     (("--engine", "local", "--address", "tcp://127.0.0.1:1"), "use it with --engine dask"),
     (("--address", "tcp://127.0.0.1:1"), "cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
-], ids=["unknown", "local-with-address", "unreachable"])
+    (("--engine", "dask"), "cannot reach the Dask scheduler at tcp://127.0.0.1:2"),
+], ids=["unknown", "local-with-address", "unreachable", "from-the-environment"])
 def test_engine_usage_errors_exit_two(run_cli: Run, tmp_path: Path,
                                       write_image: Callable[..., Path], args: tuple[str, ...],
-                                      message: str) -> None:
+                                      message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:2")  # --address beats it
     write_image(tmp_path / "in" / "a.png")
     (tmp_path / "engine.toml").write_text("[engine]\ntimeout = 0.5\n")
     result = run_cli("--config", str(tmp_path / "engine.toml"), "run", "-p", "identity",
