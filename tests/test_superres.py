@@ -186,7 +186,7 @@ def test_the_shipped_onnx_matches_its_card(scale: int, size: str) -> None:
 @pytest.mark.parametrize("size", MODEL_SIZES)
 def test_the_shipped_model_beats_bicubic(scale: int, size: str) -> None:
     # A 120x120 crop of skimage's astronaut (not in the training or validation sets); measured
-    # over bicubic at x2 / x3 / x4: best (9,500 steps) +2.32 / +1.93 / +1.73 dB, fast (15,500
+    # over bicubic at x2 / x3 / x4: best (11,000 steps) +2.31 / +1.93 / +1.74 dB, fast (15,500
     # steps) +2.04 / +1.66 / +1.56 dB.
     hr_pil = Image.fromarray(data.astronaut()[60:180, 180:300])
     lr_pil = make_lr(hr_pil, scale)
