@@ -350,8 +350,9 @@ class Daemon:
             self._after(watch, path)
         elif outcome.fault in ("output", "environment"):
             self._wait(index, path, entry, outcome.reason or "", outcome.fault)
-        elif file_stat(path) != read or being_written(path):
+        elif file_stat(outcome.inputs[0]) != read or being_written(outcome.inputs[0]):
             # Read while a writer still held it: incomplete, not bad. Not an attempt, not moved.
+            # (inputs[0] is the file read: a followed link's target, which the lease can open.)
             self.journal.supersede(entry.id)
             log.info("changed while processed, waiting for it to settle", path=str(path),
                      reason=outcome.reason)
