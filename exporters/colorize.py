@@ -64,6 +64,7 @@ class TrainConfig:
     variant: str = "SRS"
     loss: str = "mse"
     width: float = 0.5
+    class_hidden: int = 0  # class loss: features before the logits (0: the width's 8)
     first_w0: float = 1 / 30
     size: int = 64  # training crop side; images are resized to a short side of size * 9/8
     batch: int = 32
@@ -85,7 +86,7 @@ class TrainConfig:
     def net(self) -> NetConfig:
         """Return the network part of the configuration (what a resumed run must match)."""
         return NetConfig(variant=self.variant, loss=self.loss, width=self.width,
-                         first_w0=self.first_w0)
+                         first_w0=self.first_w0, class_hidden=self.class_hidden)
 
     @property
     def short_side(self) -> int:
@@ -199,6 +200,9 @@ def cli() -> None:
 @click.option("--variant", type=click.Choice(VARIANTS), default="SRS")
 @click.option("--loss", type=click.Choice(LOSSES), default="mse")
 @click.option("--width", type=float, default=0.5)
+@click.option("--class-hidden", type=click.IntRange(min=0), default=0,
+              help="Class loss: features of the last decoder layer, before the logits "
+              "(0: as --width gives, 8 at 0.5).")
 @click.option("--first-w0", type=float, default=1 / 30,
               help="1/30: the notes' first layer; 30: SIREN's.")
 @click.option("--size", type=int, default=64)

@@ -82,6 +82,7 @@ class NetConfig:
     width: float = 0.5
     first_w0: float = 1 / 30
     fc_hidden: int = 512
+    class_hidden: int = 0  # class loss: features of the last decoder layer (0: as width gives)
 
     @property
     def regression(self) -> bool:
@@ -96,6 +97,8 @@ class ColorNet(nn.Module):
         super().__init__()
         ch = [max(8, round(c * cfg.width)) for c, _ in ENCODER]
         dec = [max(4, round(c * cfg.width)) if c != "up" else "up" for c in DECODER]
+        if not cfg.regression and cfg.class_hidden:  # room for the logits of every bin
+            dec[-1] = cfg.class_hidden
         n_conv = len(ENCODER) + 3 + sum(c != "up" for c in dec)  # + 2 dense, fusion
         out_dim = 2 if cfg.regression else n_bins
         acts = activations(cfg.variant, n_conv + 1)

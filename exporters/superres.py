@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,15 @@ import numpy as np
 import torch
 
 from exporters.datadir import DEFAULT_DATA, data_option, data_path
-from exporters.superres_data import ValSet, list_images, load_rgb, load_val, sample_batch
+from exporters.onnx_weights import load_exported_weights
+from exporters.superres_data import (
+    ValSet,
+    list_images,
+    load_rgb,
+    load_val,
+    sample_batch,
+    unit_range,
+)
 from exporters.superres_export import (
     checkpoint_facts,
     describe_training,
@@ -44,7 +53,9 @@ from exporters.superres_net import (
     SCALES,
     MultiScaleSR,
     build_model,
+    checkpoint_arch,
     exported_name,
+    grown,
     per_scale_counts,
 )
 from exporters.training import Cadence, TrainingRun, count_parameters, pick_device, save_atomic
@@ -71,11 +82,13 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 25
     threads: int = 1
+    data_threads: int = 1  # threads making the LR patches of a batch (a GPU outruns one)
     device: str = "auto"
     seed: int = 0
     train_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_DATA.joinpath(*TRAIN_DATA)])
     val_dir: Path = DEFAULT_DATA.joinpath(*VAL_DATA)
     init: Path | None = None  # a folder of exported superres-<preset>-x<s>.onnx to start from
+    blocks: int | None = None  # grow the preset's body to this many residual blocks
 
 
 class Trainer(TrainingRun):
@@ -88,14 +101,19 @@ class Trainer(TrainingRun):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         device = pick_device(cfg.device)
-        init = ([cfg.init / f"{exported_name(cfg.preset, s)}.onnx" for s in SCALES]
-                if cfg.init is not None else [])
+        model = build_model(cfg.preset)
+        if cfg.init is not None and not (cfg.out / "last.pt").exists():  # else resume() loads
+            load_exported_weights(model, [cfg.init / f"{exported_name(cfg.preset, s)}.onnx"
+                                          for s in SCALES], prefix="net.")
+        if cfg.blocks is not None and cfg.blocks != model.preset.blocks:
+            model = grown(model, cfg.blocks)  # the shipped weights, new blocks as identities
         self.best = -math.inf
         self.images: Sequence[np.ndarray] = ()
         self.val: ValSet = {}
-        super().__init__(build_model(cfg.preset).to(device), out=cfg.out, lr=cfg.lr,
+        self.pool = ThreadPoolExecutor(cfg.data_threads) if cfg.data_threads > 1 else None
+        super().__init__(model.to(device), out=cfg.out, lr=cfg.lr,
                          schedule_steps=cfg.steps, device=device,
-                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg), init=init,
+                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg),
                          cadence=Cadence(total=cfg.steps, val_every=cfg.val_every,
                                          ckpt_every=cfg.ckpt_every, log_every=cfg.log_every))
 
@@ -110,24 +128,25 @@ class Trainer(TrainingRun):
         return self.start
 
     def check_resumable(self, checkpoint: dict[str, Any]) -> None:
-        """Raise ValueError when last.pt holds another preset."""
-        if checkpoint["config"]["preset"] != self.cfg.preset:
-            raise ValueError(f"{self.last_path} is a {checkpoint['config']['preset']!r} run")
+        """Raise ValueError when last.pt holds another preset or depth."""
+        if checkpoint_arch(checkpoint) != self.model.preset:
+            raise ValueError(f"{self.last_path} is a {checkpoint['config']['preset']!r} run of "
+                             f"{checkpoint_arch(checkpoint).blocks} blocks")
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Restore the best score so far."""
         self.best = checkpoint["best"]
 
     def extra_state(self) -> dict[str, Any]:
-        """Return the best score and the preset."""
-        return {"best": self.best, "preset": self.cfg.preset}
+        """Return the best score, the preset and the architecture (a grown body differs)."""
+        return {"best": self.best, "preset": self.cfg.preset, "arch": asdict(self.model.preset)}
 
     def train_unit(self) -> float:
         """Return the loss of one optimiser step on a batch of this step's scale."""
         scale = SCALES[self.done % len(SCALES)]
         lr, hr = sample_batch(self.images, scale=scale, patch=self.cfg.patch,
-                              batch=self.cfg.batch, rng=self.rng)
-        lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
+                              batch=self.cfg.batch, rng=self.rng, pool=self.pool)
+        lr, hr = (unit_range(t.to(self.device, non_blocking=True)) for t in (lr, hr))
         return self.optimise(loss_value(self.cfg.loss, self.model(lr, scale), hr, scale))
 
     def validate(self, loss: float) -> dict[str, Any]:
@@ -137,7 +156,8 @@ class Trainer(TrainingRun):
         if score > self.best:
             self.best = score
             save_atomic({"model": self.model.state_dict(), "preset": self.cfg.preset,
-                         "step": self.done, "metrics": m}, self.out / "best.pt")
+                         "arch": asdict(self.model.preset), "step": self.done, "metrics": m},
+                        self.out / "best.pt")
         return m
 
     def describe(self, row: dict[str, Any]) -> str:
@@ -156,14 +176,18 @@ def train(cfg: TrainConfig) -> Trainer:
     trainer.val = load_val(cfg.val_dir)
     log.info("%d training images; bicubic on %s: %s", len(trainer.images), cfg.val_dir.name,
              format_metrics(evaluate(trainer.val, bicubic_upscale)))
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        if trainer.pool is not None:
+            trainer.pool.shutdown()
     return trainer
 
 
 def load_trained(ckpt: Path, device: torch.device) -> MultiScaleSR:
     """Return the model stored in a last.pt or best.pt checkpoint, in eval mode."""
     ck = torch.load(ckpt, map_location=device, weights_only=False)
-    model = build_model(ck["preset"]).to(device)
+    model = build_model(checkpoint_arch(ck)).to(device)
     model.load_state_dict(ck["model"])
     return model.eval()
 
@@ -189,6 +213,8 @@ def cli() -> None:
 @click.option("--ckpt-every", type=int, default=100)
 @click.option("--log-every", type=int, default=25)
 @click.option("--threads", type=int, default=1)
+@click.option("--data-threads", type=click.IntRange(min=1), default=1,
+              help="Threads making each batch's LR patches (the batch is the same for any).")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=0)
 @data_option
@@ -198,6 +224,8 @@ def cli() -> None:
               "DATA/sr-val/McMaster18).")
 @click.option("--init", type=EXISTING, help="Start from the weights of the exported models of "
               "this preset in a folder (e.g. plugins/models): continue a shipped model.")
+@click.option("--blocks", type=click.IntRange(min=1), help="Grow the body to this many residual "
+              "blocks (new ones start as identities, so --init's model is where it starts).")
 def train_command(data: Path, train_dirs: tuple[Path, ...], val_dir: Path | None,
                   **kwargs: Any) -> None:
     """Train (or resume) a run in --out."""

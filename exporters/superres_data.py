@@ -5,6 +5,7 @@ antialiased bicubic)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -49,30 +50,45 @@ def augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, k & 3))
 
 
-def make_pair(img: np.ndarray, *, scale: int, patch: int, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Return a random (LR patch x patch, HR) uint8 training pair cut from img."""
-    size = patch * scale
-    top = int(rng.integers(0, img.shape[0] - size + 1))
-    left = int(rng.integers(0, img.shape[1] - size + 1))
-    hr = augment(img[top : top + size, left : left + size], rng)
-    return np.asarray(make_lr(Image.fromarray(hr), scale)), hr
+def random_crop(img: np.ndarray, *, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Return a random side x side HR crop of img under a random flip/rotation."""
+    top = int(rng.integers(0, img.shape[0] - side + 1))
+    left = int(rng.integers(0, img.shape[1] - side + 1))
+    return augment(img[top : top + side, left : left + side], rng)
 
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """Return an NHWC uint8 array as an NCHW float tensor in [0, 1]."""
-    return torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    return unit_range(nchw(batch))
+
+
+def nchw(batch: np.ndarray) -> torch.Tensor:
+    """Return an NHWC uint8 array as a contiguous NCHW uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+
+
+def unit_range(batch: torch.Tensor) -> torch.Tensor:
+    """Return a uint8 tensor as float in [0, 1], on its device."""
+    return batch.float().div_(255.0)
 
 
 def sample_batch(images: Sequence[np.ndarray], *, scale: int, patch: int, batch: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (LR, HR) tensors of `batch` random pairs from the images big enough for scale."""
-    pool = [i for i, im in enumerate(images) if min(im.shape[:2]) >= patch * scale]
-    if not pool:
+                 rng: np.random.Generator, pool: Executor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (LR, HR) NCHW uint8 tensors of `batch` random pairs from the images big enough
+    for scale (uint8: a quarter of the bytes to copy to a GPU; `unit_range` there). The random
+    draws happen here, in order; only the LR resizes (Pillow, which releases the
+    GIL) go to `pool` when given, so a batch is the same with or without one."""
+    fits = [i for i, im in enumerate(images) if min(im.shape[:2]) >= patch * scale]
+    if not fits:
         raise ValueError(f"no training image has a side of {patch * scale} px for x{scale}")
-    picks = rng.choice(pool, batch)
-    pairs = [make_pair(images[i], scale=scale, patch=patch, rng=rng) for i in picks]
-    return to_tensor(np.stack([p[0] for p in pairs])), to_tensor(np.stack([p[1] for p in pairs]))
+    hrs = [random_crop(images[i], side=patch * scale, rng=rng) for i in rng.choice(fits, batch)]
+
+    def lr_of(hr: np.ndarray) -> np.ndarray:
+        return np.asarray(make_lr(Image.fromarray(hr), scale))
+
+    lrs = list(pool.map(lr_of, hrs) if pool is not None else map(lr_of, hrs))
+    return nchw(np.stack(lrs)), nchw(np.stack(hrs))
 
 
 def load_val(val_dir: Path, scales: Sequence[int] = SCALES) -> ValSet:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from exporters.superres_net import (
-    PRESETS,
     MultiScaleSR,
     Preset,
     build_model,
+    checkpoint_arch,
     exported_name,
     single_scale,
 )
@@ -43,7 +43,7 @@ def describe_architecture(preset: Preset, scale: int) -> str:
 def checkpoint_facts(ckpt: Path) -> tuple[MultiScaleSR, str, int]:
     """Return (model in eval mode on the CPU, preset name, training step) of a checkpoint."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = build_model(ck["preset"])
+    model = build_model(checkpoint_arch(ck))
     model.load_state_dict(ck["model"])
     return model.eval(), ck["preset"], int(ck["step"])
 
@@ -81,6 +81,8 @@ def describe_training(step: int, config: dict[str, Any] | None, note: str = "") 
                  f"in turn), {where} of a {planned:,}-step run")
         if config.get("init"):
             line += f" that started from the exported models in {config['init']}"
+            if config.get("blocks"):
+                line += f", the body grown to {config['blocks']} blocks (new ones as identities)"
     return line + (f". {note}" if note else "")
 
 
@@ -96,7 +98,7 @@ def export_scale(model: MultiScaleSR, *, preset: str, scale: int, step: int,
     card = ModelCard(
         name=exported_name(preset, scale),
         summary=f"x{scale} single-image super-resolution (RGB in [0, 1], any size).",
-        architecture=describe_architecture(PRESETS[preset], scale),
+        architecture=describe_architecture(model.preset, scale),
         training_data=TRAINING_DATA,
         training_steps=training_steps or describe_training(step, None),
         metrics=metrics,

@@ -4,7 +4,8 @@ its presets, and the single-scale form each exported model holds."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ class MultiScaleSR(nn.Module):
 
     def __init__(self, preset: Preset) -> None:
         super().__init__()
+        self.preset = preset
         c = preset.channels
         self.head = nn.Conv2d(3, c, 3, padding=1)
         blocks = [
@@ -121,6 +123,37 @@ def exported_name(preset: str, scale: int) -> str:
 def build_model(preset: str | Preset) -> MultiScaleSR:
     """Return a freshly initialised MultiScaleSR for a preset name ("best", "fast") or Preset."""
     return MultiScaleSR(PRESETS[preset] if isinstance(preset, str) else preset)
+
+
+def checkpoint_arch(ck: dict[str, Any]) -> Preset:
+    """Return the architecture a checkpoint's weights are for: its `arch` (a grown net) or
+    its preset's."""
+    if "arch" in ck:
+        arch = dict(ck["arch"])
+        return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
+    return PRESETS[ck["preset"]]
+
+
+def grown(model: MultiScaleSR, blocks: int) -> MultiScaleSR:
+    """Return a copy of model with `blocks` residual blocks: its own, then new plain ones before
+    the body conv, each starting as the identity (its second conv zeroed), so the grown net
+    computes exactly what model does until training moves the new blocks."""
+    old = model.preset
+    if blocks < old.blocks:
+        raise ValueError(f"cannot grow a {old.blocks}-block net to {blocks} blocks")
+    net = MultiScaleSR(replace(old, blocks=blocks)).to(next(model.parameters()).device)
+    state = {name: value for name, value in model.state_dict().items()
+             if not name.startswith(f"body.{old.blocks}.")}
+    for suffix in ("weight", "bias"):  # the body conv moves from index old.blocks to blocks
+        state[f"body.{blocks}.{suffix}"] = model.state_dict()[f"body.{old.blocks}.{suffix}"]
+    for i in range(old.blocks, blocks):
+        block = net.body[i]
+        assert isinstance(block, ResBlock)
+        nn.init.zeros_(block.conv2.weight)
+        nn.init.zeros_(block.conv2.bias)
+        state.update({f"body.{i}.{k}": v for k, v in block.state_dict().items()})
+    net.load_state_dict(state)
+    return net
 
 
 def single_scale(model: MultiScaleSR, scale: int) -> FixedScale:

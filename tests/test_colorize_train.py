@@ -192,6 +192,17 @@ def test_colorizer_maps_lightness_to_ab_at_about_half_size(
         assert ab.abs().max() <= AB_SCALE
 
 
+@pytest.mark.parametrize("loss", ["class", "mse"])
+def test_class_hidden_widens_the_layer_before_the_logits_only(bins: Bins, loss: str) -> None:
+    narrow = build_net(NetConfig(variant="FR", loss=loss, width=WIDTH), len(bins))
+    wide = build_net(NetConfig(variant="FR", loss=loss, width=WIDTH, class_hidden=48),
+                     len(bins))
+    assert wide.head.in_channels == (48 if loss == "class" else narrow.head.in_channels)
+    assert wide.head.out_channels == narrow.head.out_channels
+    with torch.no_grad():
+        assert wide(_lightness(13, 5)["lightness"]).shape[1] == narrow.head.out_channels
+
+
 @pytest.mark.parametrize(("variant", "loss", "size"), [
     ("FR", "mse", 16), ("FR", "rebalanced", 16), ("SRS", "class", 16), ("S130", "mse", 16),
     ("FC", "mse", 48),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -146,6 +147,59 @@ def test_training_can_continue_an_exported_model(tmp_path: Path,
     assert stored is None  # no step was run, so no checkpoint either
     line = superres_export.describe_training(4, asdict(config("x", 4, tmp_path / "shipped")))
     assert line.endswith(f"started from the exported models in {tmp_path / 'shipped'}")
+
+
+def test_a_batch_is_the_same_with_a_thread_pool(image_dirs: tuple[Path, Path]) -> None:
+    images = [np.asarray(Image.open(p)) for p in sorted(image_dirs[0].glob("*.png"))]
+
+    def batch(pool: ThreadPoolExecutor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return superres_data.sample_batch(images, scale=3, patch=10, batch=6,
+                                          rng=np.random.default_rng(7), pool=pool)
+
+    with ThreadPoolExecutor(3) as pool:
+        threaded = batch(pool)
+    alone = batch(None)
+    assert threaded[0].shape == (6, 3, 10, 10) and threaded[1].shape == (6, 3, 30, 30)
+    assert threaded[0].dtype == torch.uint8
+    for a, b in zip(threaded, alone, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("blocks", [10, 13])
+def test_a_grown_body_computes_what_the_net_did(blocks: int) -> None:
+    torch.manual_seed(0)
+    net = superres_net.build_model("best").eval()
+    for p in net.parameters():  # trained-like weights: every block does something
+        torch.nn.init.normal_(p, std=0.05)
+    bigger = superres_net.grown(net, blocks).eval()
+    assert bigger.preset.blocks == blocks and len(bigger.body) == blocks + 1
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        for scale in superres_net.SCALES:
+            torch.testing.assert_close(bigger(x, scale), net(x, scale), rtol=0, atol=1e-6)
+    if blocks > 10:  # the new blocks learn: their first conv is random, their second zero
+        assert bigger.body[10].conv1.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot grow"):
+        superres_net.grown(bigger, blocks - 1)
+
+
+def test_a_grown_run_resumes_and_exports_its_depth(tmp_path: Path,
+                                                   image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+
+    def config(steps: int, blocks: int | None) -> superres.TrainConfig:
+        return superres.TrainConfig(out=tmp_path / "run", preset="fast", steps=steps, batch=2,
+                                    patch=12, val_every=2, ckpt_every=2, threads=1,
+                                    device="cpu", train_dirs=[train_dir], val_dir=val_dir,
+                                    blocks=blocks)
+
+    assert superres.train(config(2, 5)).model.preset.blocks == 5
+    assert superres.train(config(4, 5)).start_step == 2  # resumed at its own depth
+    with pytest.raises(ValueError, match="of 5 blocks"):
+        superres.Trainer(config(6, None))
+    model, preset, step = superres_export.checkpoint_facts(tmp_path / "run" / "best.pt")
+    assert (preset, step, model.preset.blocks) == ("fast", 4, 5)
+    assert "5 residual blocks" in superres_export.describe_architecture(model.preset, 2)
 
 
 def test_continuing_from_a_folder_without_the_presets_models_names_the_file(
