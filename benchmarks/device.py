@@ -3,6 +3,7 @@
     python benchmarks/device.py pack                # here: .device/ parts to carry, and the plan
     python3 benchmarks/device.py stash              # there, in each call: keep the carried part
     python3 benchmarks/device.py run --minutes 8    # there: check, throughput, training -> $OUT
+    python3 benchmarks/device.py train --minutes 8  # there: the training alone -> $OUT
     python benchmarks/device.py publish DIR         # here: DIR's throughput table into the docs
     python benchmarks/device.py smoke --out DIR     # anywhere: the whole run on the CPU, seconds
 
@@ -51,6 +52,9 @@ def main() -> None:
         p.add_argument("--minutes", type=float, default=7.5 if name == "run" else 5.0,
                        help="deadline for the whole run (the smoke run's work is fixed)")
         p.add_argument("--no-train", action="store_true", help="check and measure only")
+    p = sub.add_parser("train", help="there: the training part of `run` alone (a second call)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "device-out")))
+    p.add_argument("--minutes", type=float, default=7.5, help="deadline for the training")
     p = sub.add_parser("throughput", help="one process: every model on every usable provider")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--side", type=int, default=512)
@@ -68,6 +72,13 @@ def main() -> None:
         summary = device_run(args.out, minutes=args.minutes, smoke=args.command == "smoke",
                              train=not args.no_train)
         print(json.dumps(summary, indent=2))
+    elif args.command == "train":
+        args.out.mkdir(parents=True, exist_ok=True)
+        (STASH / "work").mkdir(parents=True, exist_ok=True)
+        trained = train_jobs(jobs(STASH / "work", smoke=False), work=STASH / "work",
+                             out=args.out, deadline=time.monotonic() + args.minutes * 60,
+                             env=subprocess_env())
+        write_json(args.out / "training.json", trained)
     elif args.command == "throughput":
         write_json(args.out, throughput(side=args.side, seconds=args.seconds))
     else:
@@ -114,11 +125,12 @@ def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
     also grown to 13 blocks (about 1.13x its x4 time on 2 cores, measured), and colorize
     afresh with the classification loss and a wide layer before its logits; big batches on
     the GPU (torch's: it may be usable where ONNX Runtime's is not), or a few steps on tiny
-    generated data in the smoke run. All go through the bf16 launcher (a no-op on the CPU)."""
+    generated data in the smoke run."""
     data = make_smoke_data(work / "smoke-data") if smoke else STASH / "data"
     device = "cpu" if smoke else "auto"
     models = ROOT / "plugins" / "models"
-    common = ["--device", device, "--data", str(data), "--threads", "1" if smoke else "2"]
+    common = ["--device", device, "--data", str(data), "--threads", "1" if smoke else "2",
+              "--amp"]  # bf16 autocast per forward pass (on the CPU too in the smoke run)
     sr = (["--patch", "8", "--batch", "2"] if smoke
           else ["--patch", "48", "--batch", "64", "--lr", "1e-4", "--data-threads", "3"])
     variants = [("fast", [])] if smoke else [("best", []), ("best13", ["--blocks", "13"]),
@@ -127,15 +139,14 @@ def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
         name=f"superres-{name}", unit="step", first=1 if smoke else 60,
         command=[sys.executable, "-m", "exporters.superres", "train",
                  "--preset", name.removesuffix("13"), "--init", str(models), "--val-every",
-                 "500", "--ckpt-every", "100", *sr, *grow, *common], amp=True)
+                 "500", "--ckpt-every", "100", *sr, *grow, *common])
         for name, grow in variants]
     col = (["--size", "16", "--batch", "2", "--train-limit", "4", "--class-hidden", "8"]
            if smoke else ["--size", "64", "--batch", "128", "--class-hidden", "128"])
     colorize = TrainJob(
         name="colorize-class", unit="epoch", first=1,
         command=[sys.executable, "-m", "exporters.colorize", "train", "--variant", "FR",
-                 "--loss", "class", "--width", "0.5", "--eval-every", "10", *col, *common],
-        amp=True)
+                 "--loss", "class", "--width", "0.5", "--eval-every", "10", *col, *common])
     return [*superres, colorize]
 
 

@@ -4,16 +4,13 @@ Every trainer runs at once (small networks leave the GPU room for three). A shor
 measures each one's seconds per step (or epoch); the second phase resumes it with a cosine
 schedule sized to end at the deadline; SIGTERM at the deadline makes a trainer checkpoint and
 stop. Checkpoints come back without optimiser state (export does not need it), small enough to
-carry. `python device_train.py --amp MODULE ARGS...` runs a trainer under bf16 autocast.
+carry. The trainers' own `--amp` runs each forward pass under bf16 autocast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import runpy
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +29,11 @@ class TrainJob:
     unit: str  # "step": --steps (superres); "epoch": --epochs (colorize)
     first: int  # units in the measuring phase
     command: list[str]
-    amp: bool = False  # bf16 autocast through this module's --amp launcher
 
     def argv(self, run: Path, total: int) -> list[str]:
         """Return the command training `run` to `total` units."""
         length = ["--steps" if self.unit == "step" else "--epochs", str(total)]
-        command = [*self.command, "--out", str(run), *length]
-        if self.amp:  # python -m MODULE ... -> python device_train.py --amp MODULE ...
-            command = [command[0], __file__, "--amp", *command[2:]]
-        return command
+        return [*self.command, "--out", str(run), *length]
 
 
 def train_jobs(jobs: list[TrainJob], *, work: Path, out: Path, deadline: float,
@@ -121,25 +114,3 @@ def load(checkpoint: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(checkpoint, map_location="cpu", weights_only=False)
-
-
-def amp_main(module: str, args: list[str]) -> None:
-    """Run `python -m module args...` under bf16 autocast, cuDNN autotuning and TF32 when
-    torch sees a GPU; as it is otherwise."""
-    import torch
-
-    gpu = torch.cuda.is_available()
-    if gpu:
-        torch.backends.cudnn.benchmark = True  # fixed patch sizes: tune each convolution once
-        torch.backends.cuda.matmul.allow_tf32 = True
-    sys.argv = [module, *args]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext()
-    with amp:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["--amp"] or len(sys.argv) < 3:
-        raise SystemExit("usage: device_train.py --amp MODULE ARGS...")
-    sys.path.insert(0, str(ROOT))
-    amp_main(sys.argv[2], sys.argv[3:])

@@ -76,6 +76,7 @@ class TrainConfig:
     eval_every: int = 5
     threads: int = 1
     device: str = "auto"
+    amp: bool = False  # bf16 autocast for each forward pass (a GPU's tensor cores)
     seed: int = 0
     train_limit: int | None = None  # a fixed random subset of this many training images
     train_dir: Path = DEFAULT_DATA / "color-train"
@@ -113,7 +114,7 @@ class Trainer(TrainingRun):
         super().__init__(build_net(cfg.net, len(self.bins)).to(device), out=cfg.out,
                          lr=cfg.lr, schedule_steps=cfg.epochs * self.steps_per_epoch,
                          device=device, rng=np.random.default_rng(cfg.seed), config=asdict(cfg),
-                         init=[cfg.init] if cfg.init is not None else [],
+                         init=[cfg.init] if cfg.init is not None else [], amp=cfg.amp,
                          cadence=Cadence(total=cfg.epochs, val_every=1, ckpt_every=1))
 
     @property
@@ -147,7 +148,9 @@ class Trainer(TrainingRun):
                 return None
             batch = crop_batch(self.train, order[k * self.cfg.batch:(k + 1) * self.cfg.batch],
                                self.cfg.size, self.rng).to(self.device)
-            losses.append(self.optimise(loss_value(self.cfg.net, self.net, batch, self.bins)))
+            with self.autocast():
+                loss = loss_value(self.cfg.net, self.net, batch, self.bins)
+            losses.append(self.optimise(loss))
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -164,7 +167,7 @@ class Trainer(TrainingRun):
 
     def colorizer(self) -> Colorizer:
         """Return the network in its shipped form (ab decoding included)."""
-        return Colorizer(self.net, self.cfg.net, self.bins, self.cfg.temperature)
+        return Colorizer(self.net, self.cfg.net, self.bins, self.cfg.temperature).to(self.device)
 
 
 def train(cfg: TrainConfig) -> Trainer:
@@ -212,6 +215,7 @@ def cli() -> None:
 @click.option("--eval-every", type=int, default=5)
 @click.option("--threads", type=int, default=1)
 @click.option("--device", default="auto")
+@click.option("--amp/--no-amp", default=False, help="bf16 autocast for each forward pass.")
 @click.option("--seed", type=int, default=0)
 @click.option("--train-limit", type=int, help="Train on a fixed random subset of N images.")
 @click.option("--rebalance", type=float, default=0.5,

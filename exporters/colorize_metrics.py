@@ -65,7 +65,7 @@ def torch_predictor(model: Colorizer, device: torch.device) -> Callable[[np.ndar
         x = torch.from_numpy(np.ascontiguousarray(lightness, dtype=np.float32))[None, None]
         if model.cfg.variant == "FC":
             return fc_predict(model.net, x.to(device))
-        return model(x.to(device))[0].permute(1, 2, 0).cpu().numpy()
+        return model(x.to(device))[0].permute(1, 2, 0).float().cpu().numpy()  # bf16 under autocast
 
     return predict
 
@@ -73,5 +73,5 @@ def torch_predictor(model: Colorizer, device: torch.device) -> Callable[[np.ndar
 def fc_predict(net: nn.Module, lightness: torch.Tensor) -> np.ndarray:
     """Return the ab of the fully connected SIREN's RGB output (48 x 48 x 2)."""
     small = F.interpolate(lightness, size=(FC_SIZE, FC_SIZE), mode="area")
-    rgb = net(small)[0].permute(1, 2, 0).cpu().numpy()
+    rgb = net(small)[0].permute(1, 2, 0).float().cpu().numpy()
     return rgb_to_lab(rgb)[..., 1:]

@@ -196,7 +196,8 @@ class Bins:
     def pixel_weights(self, ab: torch.Tensor) -> torch.Tensor:
         """Return the N x h x w rebalancing weights of ab's pixels (their nearest bin's)."""
         n, _, h, w = ab.shape
-        nearest = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), self.centres).argmin(1)
+        nearest = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2),
+                              self.centres.to(ab.device)).argmin(1)
         return self.weights.to(ab.device)[nearest].reshape(n, h, w)
 
     def soft_targets(self, ab: torch.Tensor, k: int = 5,
@@ -204,7 +205,7 @@ class Bins:
         """Return (N x Q x h x w targets over the k nearest bins, N x h x w pixel weights)."""
         n, _, h, w = ab.shape
         flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
-        dist, nearest = torch.cdist(flat, self.centres).topk(k, largest=False)
+        dist, nearest = torch.cdist(flat, self.centres.to(ab.device)).topk(k, largest=False)
         soft = torch.softmax(-dist.square() / (2 * sigma**2), dim=1)
         target = torch.zeros(flat.shape[0], len(self), device=ab.device)
         target.scatter_(1, nearest, soft)

@@ -83,6 +83,7 @@ class TrainConfig:
     log_every: int = 25
     threads: int = 1
     data_threads: int = 1  # threads making the LR patches of a batch (a GPU outruns one)
+    amp: bool = False  # bf16 autocast for each forward pass (a GPU's tensor cores)
     device: str = "auto"
     seed: int = 0
     train_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_DATA.joinpath(*TRAIN_DATA)])
@@ -113,7 +114,7 @@ class Trainer(TrainingRun):
         self.pool = ThreadPoolExecutor(cfg.data_threads) if cfg.data_threads > 1 else None
         super().__init__(model.to(device), out=cfg.out, lr=cfg.lr,
                          schedule_steps=cfg.steps, device=device,
-                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg),
+                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg), amp=cfg.amp,
                          cadence=Cadence(total=cfg.steps, val_every=cfg.val_every,
                                          ckpt_every=cfg.ckpt_every, log_every=cfg.log_every))
 
@@ -147,7 +148,9 @@ class Trainer(TrainingRun):
         lr, hr = sample_batch(self.images, scale=scale, patch=self.cfg.patch,
                               batch=self.cfg.batch, rng=self.rng, pool=self.pool)
         lr, hr = (unit_range(t.to(self.device, non_blocking=True)) for t in (lr, hr))
-        return self.optimise(loss_value(self.cfg.loss, self.model(lr, scale), hr, scale))
+        with self.autocast():
+            loss = loss_value(self.cfg.loss, self.model(lr, scale), hr, scale)
+        return self.optimise(loss)
 
     def validate(self, loss: float) -> dict[str, Any]:
         """Return PSNR-Y/SSIM-Y per scale on the validation set; write best.pt if improved."""
@@ -216,6 +219,7 @@ def cli() -> None:
 @click.option("--data-threads", type=click.IntRange(min=1), default=1,
               help="Threads making each batch's LR patches (the batch is the same for any).")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
+@click.option("--amp/--no-amp", default=False, help="bf16 autocast for each forward pass.")
 @click.option("--seed", type=int, default=0)
 @data_option
 @click.option("--train-dir", "train_dirs", type=EXISTING, multiple=True,

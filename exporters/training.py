@@ -68,9 +68,9 @@ def rng_states(rng: np.random.Generator) -> dict[str, Any]:
 def restore_rng(states: dict[str, Any], rng: np.random.Generator) -> None:
     """Restore the states saved by rng_states into rng and torch."""
     rng.bit_generator.state = states["numpy"]
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())  # a checkpoint loaded onto a GPU moved it
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,11 @@ class TrainingRun(ABC):
 
     def __init__(self, model: nn.Module, *, out: Path, lr: float, schedule_steps: int,
                  cadence: Cadence, device: torch.device, rng: np.random.Generator,
-                 config: Any, init: Sequence[Path] = ()) -> None:
+                 config: Any, init: Sequence[Path] = (), amp: bool = False) -> None:
         self.model, self.device, self.rng, self.cadence = model, device, rng, cadence
-        self.out, self.config = out, config
+        self.out, self.config, self.amp = out, config, amp
+        if device.type == "cuda":  # fixed patch sizes: tune each convolution once
+            torch.backends.cudnn.benchmark = True
         self.last_path = out / "last.pt"
         if init and not self.last_path.exists():  # else resume() loads the run's own weights
             from exporters.onnx_weights import load_exported_weights  # onnx: only for --init
@@ -152,7 +154,9 @@ class TrainingRun(ABC):
         """Return the units restored from last.pt (0 when there is none)."""
         if not self.last_path.exists():
             return 0
-        ck = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        # onto the CPU: load_state_dict moves each tensor to its parameter's device and keeps
+        # Adam's step counts on the CPU, where the non-capturable Adam expects them
+        ck = torch.load(self.last_path, map_location="cpu", weights_only=False)
         self.check_resumable(ck)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -170,6 +174,13 @@ class TrainingRun(ABC):
                      "rng": rng_states(self.rng), **self.extra_state(),
                      "config": json.loads(json.dumps(self.config, default=str))},
                     self.last_path)
+
+    def autocast(self) -> torch.autocast:
+        """Return the context one forward pass (and its loss) runs in: bf16 autocast on the
+        run's device with `amp`, else a disabled one. Never wrap more than one optimiser step:
+        autocast keeps its bf16 copies of the weights until its outermost context exits, so
+        forward passes inside one context never see the weights an optimiser step changed."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def optimise(self, loss: torch.Tensor) -> float:
         """Return the loss as a float after one optimiser and schedule step on it."""
@@ -216,7 +227,8 @@ class TrainingRun(ABC):
         row = {self.unit: self.done, "seconds": round(self.seconds, 1), "loss": loss}
         self.model.eval()
         try:
-            row.update(self.validate(loss))
+            with self.autocast():
+                row.update(self.validate(loss))
         finally:
             self.model.train()
         self.history.append(row)

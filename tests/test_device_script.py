@@ -43,7 +43,7 @@ def test_the_smoke_run_checks_measures_and_trains(smoke: Path) -> None:
         "colorize", "superres-best-x4", "superres-fast-x4"}  # every shipped model
     assert all(r["cpu"] > 0 for r in rows)
     trained = {t["name"]: t for t in summary["training"]}
-    assert set(trained) == {"superres-fast", "colorize"}
+    assert set(trained) == {"superres-fast", "colorize-class"}
     assert all(t["reached"] == t["planned"] == 2 for t in trained.values())
 
 
@@ -51,12 +51,12 @@ def test_the_smoke_run_checks_measures_and_trains(smoke: Path) -> None:
 def test_what_comes_back_fits_the_device_limits(smoke: Path) -> None:
     back = [p for p in smoke.iterdir() if p.name != "work"]  # work/ stays on the machine
     assert len(back) <= 8 and all(p.is_file() and p.stat().st_size < 16 * 2**20 for p in back)
-    assert {"summary.json", "doctor-check.json", "train.log", "colorize.pt"} <= {
+    assert {"summary.json", "doctor-check.json", "train.log", "colorize-class.pt"} <= {
         p.name for p in back}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["superres-fast", "colorize"])
+@pytest.mark.parametrize("name", ["superres-fast", "colorize-class"])
 def test_returned_checkpoints_load_for_export_without_optimiser(smoke: Path, name: str) -> None:
     import torch
 

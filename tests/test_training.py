@@ -94,3 +94,41 @@ def test_sigterm_stops_the_run_and_the_old_handler_returns(tmp_path: Path) -> No
     run.run()
     assert run.done == 2 and _last(tmp_path)["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class AmpRun(TrainingRun):
+    """Three optimiser steps per unit on one fixed input, each forward under autocast."""
+
+    def __init__(self, out: Path, *, amp: bool) -> None:
+        torch.manual_seed(0)
+        self.x = torch.tensor([[0.5, -0.25]])
+        self.losses: list[float] = []
+        super().__init__(torch.nn.Linear(2, 1), out=out, lr=0.05, schedule_steps=100,
+                         cadence=Cadence(total=2, val_every=1, ckpt_every=2),
+                         device=torch.device("cpu"), rng=np.random.default_rng(0),
+                         config={}, amp=amp)
+
+    def train_unit(self) -> float:
+        for _ in range(3):
+            with self.autocast():
+                out = self.model(self.x)
+                loss = (out.float() - 4.0).square().mean()
+            self.losses.append(self.optimise(loss))
+        return self.losses[-1]
+
+    def validate(self, loss: float) -> dict[str, Any]:
+        with torch.no_grad():
+            return {"out": float(self.model(self.x).float())}
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_every_forward_pass_sees_the_last_optimiser_step(tmp_path: Path, amp: bool) -> None:
+    # autocast keeps bf16 copies of the weights until its outermost context exits: a context
+    # around the whole run (once the GPU launcher's) froze every forward at the first weights
+    run = AmpRun(tmp_path, amp=amp)
+    run.run()
+    assert all(b < a for a, b in zip(run.losses, run.losses[1:], strict=False)), run.losses
+    first, second = (row["out"] for row in run.history)
+    assert first != second
+    if amp:
+        assert run.autocast().fast_dtype == torch.bfloat16
