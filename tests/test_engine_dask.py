@@ -4,6 +4,7 @@ and workers started as subprocesses the way a user starts them (`dask scheduler`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,10 +89,8 @@ class Cluster:
         found = set()
         for proc in (self.scheduler, *self.workers):
             found.add(proc.pid)
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 found |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
-            except psutil.NoSuchProcess:
-                pass
         return found
 
 
