@@ -1,10 +1,14 @@
 """superres: speed per output megapixel (ONNX Runtime vs PyTorch eager vs Pillow bicubic) on 2
-CPU threads, quality (PSNR-Y/SSIM-Y vs bicubic) of the shipped models on a folder of HR images,
-and a 4000x3000 photo upscaled x4 through the CLI (wall time and peak memory).
+CPU threads, x4 side by side with OpenCV's ESPCN (OpenCV DNN), quality (PSNR-Y/SSIM-Y vs bicubic)
+of the shipped models on a folder of HR images, and a 4000x3000 photo upscaled x4 through the CLI
+(wall time and peak memory).
 
     python benchmarks/run.py superres                     # all three, into docs/benchmarks.md
     IMGPROC_SR_BIG=0 python benchmarks/run.py superres    # without the 4000x3000 run (minutes)
     python benchmarks/superres.py /path/to/Set5 /path/to/Set14   # quality on your HR sets
+
+The ESPCN rows need OpenCV's Python wheel, which no extra installs (CI runs no benchmarks):
+`pip install opencv-python-headless` (4.14 measured).
 
 Quality follows ../shared/data/README.md: HR cropped to a multiple of the scale, LR by Pillow
 bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own functions).
@@ -13,13 +17,16 @@ bicubic, Y (BT.601, 16-235) with `scale` border pixels shaved (the trainer's own
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
@@ -45,6 +52,7 @@ THREADS = 2
 SPEED_INPUT = 256  # LR side of the speed test image
 BIG = (4000, 3000)  # width, height of the photo upscaled x4 through the CLI
 RUN_BIG = os.environ.get("IMGPROC_SR_BIG", "1") != "0"
+ESPCN_SCALE = 4  # the issue's bar: superres fast faster than OpenCV's ESPCN at x4
 
 
 def session(scale: int, size: str) -> ort.InferenceSession:
@@ -65,11 +73,16 @@ def eager_model(scale: int, size: str) -> torch.nn.Module:
     return single_scale(net, scale)
 
 
+def speed_input() -> tuple[np.ndarray, Image.Image]:
+    """Return the speed test image as the models' float NCHW input and as the same 8-bit RGB."""
+    x = np.random.default_rng(0).random((1, 3, SPEED_INPUT, SPEED_INPUT), dtype=np.float32)
+    return x, Image.fromarray((x[0].transpose(1, 2, 0) * 255).astype(np.uint8))
+
+
 def speed_rows() -> list[str]:
     """Return markdown rows: seconds per output megapixel for each model, scale and runtime."""
     torch.set_num_threads(THREADS)
-    x = np.random.default_rng(0).random((1, 3, SPEED_INPUT, SPEED_INPUT), dtype=np.float32)
-    lr = Image.fromarray((x[0].transpose(1, 2, 0) * 255).astype(np.uint8))
+    x, lr = speed_input()
     rows = ["| model | scale | output | ONNX Runtime s/MP | PyTorch eager s/MP | "
             "Pillow bicubic s/MP |",
             "| --- | --- | --- | ---: | ---: | ---: |"]
@@ -92,6 +105,90 @@ def speed_row(size: str, scale: int, x: np.ndarray, lr: Image.Image) -> str:
                best_time(lambda: lr.resize((side, side), Image.Resampling.BICUBIC)))
     return (f"| {size} | x{scale} | {side}x{side} | "
             + " | ".join(f"{t / mp:.3f}" for t in timings) + " |")
+
+
+def require_cv2() -> ModuleType:
+    """Return the cv2 module, or stop with how to install it (no extra carries it)."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise SystemExit("the superres benchmark times OpenCV's ESPCN through OpenCV DNN: "
+                         "pip install opencv-python-headless") from exc
+    return cv2
+
+
+def espcn_net(scale: int) -> torch.nn.Module:
+    """Return ESPCN as OpenCV's dnn_superres ships it (Shi et al. 2016), with random weights:
+    5x5 1->64 tanh, 3x3 64->32 tanh, 3x3 32->scale**2, depth-to-space, on Y in [0, 1]."""
+    torch.manual_seed(0)  # the published weights are not reachable here; speed ignores them
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 64, 5, padding=2), torch.nn.Tanh(),
+        torch.nn.Conv2d(64, 32, 3, padding=1), torch.nn.Tanh(),
+        torch.nn.Conv2d(32, scale * scale, 3, padding=1), torch.nn.PixelShuffle(scale)).eval()
+
+
+def espcn_onnx(net: torch.nn.Module) -> bytes:
+    """Return the ONNX graph of an ESPCN net, input `y` (1x1xHxW), any height and width."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but takes 0.4 s against the dynamo one's 3 s;
+        # three convolutions and a DepthToSpace carry no shape constants (tested on odd sizes).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (torch.rand(1, 1, 32, 32),), buffer, input_names=["y"],
+                          output_names=["sr"], dynamic_axes={"y": {2: "h", 3: "w"}},
+                          opset_version=13, dynamo=False)
+    return buffer.getvalue()
+
+
+def opencv_espcn(scale: int) -> tuple[object, Callable[[np.ndarray], np.ndarray]]:
+    """Return (the cv2.dnn.Net of ESPCN on THREADS threads, upsample(BGR uint8) -> BGR uint8)
+    where upsample follows dnn_superres's DnnSuperResImpl::upsample for espcn step by step."""
+    cv2 = require_cv2()
+    cv2.setNumThreads(THREADS)
+    net = cv2.dnn.readNetFromONNX(np.frombuffer(espcn_onnx(espcn_net(scale)), np.uint8))
+
+    def upsample(bgr: np.ndarray) -> np.ndarray:
+        ycrcb = cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb).astype(np.float32) / 255
+        y, cr, cb = cv2.split(ycrcb)
+        net.setInput(y.reshape(1, 1, *y.shape))
+        sr = net.forward()[0, 0]
+        # dnn_superres resizes chroma with cv::resize's default interpolation (bilinear)
+        cr, cb = (cv2.resize(c, None, fx=scale, fy=scale) for c in (cr, cb))
+        merged = np.clip(np.rint(cv2.merge([sr, cr, cb]) * 255), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(merged, cv2.COLOR_YCrCb2BGR)
+
+    return net, upsample
+
+
+def onnx_seconds(sess: ort.InferenceSession, x: np.ndarray) -> float:
+    """Return the best time of one `session.run` of a shipped model on x."""
+    return best_time(lambda: sess.run(None, {"image": x}))
+
+
+def espcn_rows() -> list[str]:
+    """Return markdown rows: s per output MP at x{ESPCN_SCALE} of each shipped model (ONNX
+    Runtime) and of OpenCV's ESPCN (OpenCV DNN), timed back to back on the same input."""
+    cv2 = require_cv2()
+    x, lr = speed_input()
+    bgr = np.ascontiguousarray(np.asarray(lr)[..., ::-1])
+    y = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)[..., 0], np.float32) / 255
+    side = SPEED_INPUT * ESPCN_SCALE
+    mp = side * side / 1e6
+    net, upsample = opencv_espcn(ESPCN_SCALE)
+
+    def net_only() -> object:
+        net.setInput(y.reshape(1, 1, *y.shape))
+        return net.forward()
+
+    timed = [(f"superres-{size} | ONNX Runtime {ort.__version__} | the model on RGB, float in "
+              "and out", onnx_seconds(session(ESPCN_SCALE, size), x)) for size in MODEL_SIZES]
+    opencv = f"ESPCN (random weights) | OpenCV DNN {cv2.__version__}"
+    whole = best_time(lambda: upsample(bgr))
+    timed += [(f"{opencv} | dnn_superres's whole upsample: BGR uint8 in and out", whole),
+              (f"{opencv} | the net on Y only, float in and out", best_time(net_only))]
+    return ["| upscaler | runtime | timed | s per output MP | time / ESPCN's upsample |",
+            "| --- | --- | --- | ---: | ---: |",
+            *(f"| {label} | {t / mp:.3f} | {t / whole:.2f} |" for label, t in timed)]
 
 
 def onnx_upscale(sess: ort.InferenceSession) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -200,7 +297,8 @@ def big_image_rows() -> list[str]:
 
 
 def run() -> str:
-    """Return the markdown section: the speed table and the quality table."""
+    """Return the markdown section: the speed tables, quality, ensemble and the big photo."""
+    require_cv2()  # fail now, not after minutes of the other tables
     hr_name = HR_DIR.name
     return "\n".join([
         "## superres",
@@ -210,6 +308,22 @@ def run() -> str:
         "same single-scale module that was exported.",
         "",
         *speed_rows(),
+        "",
+        f"x{ESPCN_SCALE} side by side with OpenCV's ESPCN (Shi et al. 2016, the architecture of "
+        "opencv_contrib's dnn_superres ESPCN_x4: 5x5 conv 1->64 tanh, 3x3 conv 64->32 tanh, 3x3 "
+        f"conv 32->16, depth-to-space, on Y), timed back to back in this run on the same "
+        f"{SPEED_INPUT}x{SPEED_INPUT} image, {THREADS} threads each, best of {REPEATS} after a "
+        "warm-up. The published weights cannot be downloaded here, so the net has random "
+        "weights, built in PyTorch, exported to ONNX and run by OpenCV's own DNN engine "
+        "(`cv2.dnn.readNetFromONNX`, what dnn_superres uses): the time does not depend on the "
+        "weights, but this compares runtime cost only, and ESPCN has no quality row. The "
+        "upsample row follows `DnnSuperResImpl::upsample` (BGR to YCrCb, the net on Y in [0, 1], "
+        "Cr and Cb resized with `cv::resize`'s default bilinear, merged, back to 8-bit BGR); "
+        "the superres rows time `session.run` alone, so the net-only row is the like-for-like "
+        "one. Needs `pip install opencv-python-headless` (no extra installs it; CI runs no "
+        "benchmarks).",
+        "",
+        *espcn_rows(),
         "",
         f"Quality on {hr_name} ({len(list_images([HR_DIR]))} HR images; `python "
         "benchmarks/superres.py DIR...` prints this table for other folders of HR images; "
