@@ -1,5 +1,9 @@
 """refit: fit a SIREN to each image and resample it at any size through ONNX Runtime.
 
+By default (solver=ridge) the tile networks share sine layers learned on photos and each
+tile's linear output layer is solved in closed form: one solve per image, no training steps.
+solver=adam trains every layer of every tile instead (the default until issue 18).
+
     imgproc run --plugin refit --option scale=3.5 in/ -o out/
     imgproc run -p refit -O width=1920 -O save_network=true in/ -o out/
     imgproc render out/photo.network.onnx --scale 8 -o big.png
@@ -7,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +38,34 @@ OUTPUTS = ("gradient", "laplacian")
 
 
 INITS = ("learned", "random")
+SOLVERS = ("ridge", "adam")
 MODELS = Path(__file__).parent / "models"
-INIT_MODEL = ModelFile.from_facts(MODELS / "refit-init.json")
+INIT_MODEL = ModelFile.from_facts(MODELS / "refit-init.json")  # adam: every layer's start
+BASIS_MODEL = ModelFile.from_facts(MODELS / "refit-basis.json")  # ridge: the shared layers
+LEARNED = {"adam": INIT_MODEL, "ridge": BASIS_MODEL}
 
 
 def config_from(options: dict[str, Any]) -> Any:
-    """Return the SirenConfig the options ask for."""
-    from imgproc_plugins.siren import SirenConfig
+    """Return the SirenConfig the options ask for; tile, features and ridge left unset come
+    from the solver's learned weights (their network shape, whichever init is asked for)."""
+    from imgproc_plugins.siren import learned
 
-    return SirenConfig(width=options["hidden"], depth=options["depth"], omega0=options["omega0"],
-                       lr=options["lr"], steps=options["steps"],
-                       target_psnr=options["target_psnr"], seed=options["seed"],
-                       tile=options["tile"], overlap=options["overlap"],
-                       pixels_per_unit=options["pixels_per_unit"],
-                       max_seconds=options["max_seconds"], warmup=options["warmup"],
-                       decay=options["decay"], sample=options["sample"])
+    shape = learned.config_for(dict(LEARNED[options["solver"]].facts))
+    chosen = {name: getattr(shape, name) if options[name] is None else options[name]
+              for name in ("tile", "features", "ridge")}
+    return replace(shape, **chosen, width=options["hidden"], depth=options["depth"],
+                   omega0=options["omega0"], lr=options["lr"], steps=options["steps"],
+                   target_psnr=options["target_psnr"], seed=options["seed"],
+                   overlap=options["overlap"], pixels_per_unit=options["pixels_per_unit"],
+                   max_seconds=options["max_seconds"], warmup=options["warmup"],
+                   decay=options["decay"], sample=options["sample"])
 
 
 def learned_init(options: dict[str, Any]) -> Any:
-    """Return the learned initialisation when the options ask for it, else None."""
+    """Return the solver's learned weights when the options ask for them, else None."""
     from imgproc_plugins.siren import learned
 
-    return learned.load(INIT_MODEL) if options["init"] == "learned" else None
+    return learned.load(LEARNED[options["solver"]]) if options["init"] == "learned" else None
 
 
 def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) -> np.ndarray:
@@ -65,13 +76,13 @@ def refit(images: list[np.ndarray], *, options: dict[str, Any], context: Any) ->
     height, width = image.shape[:2]
     out_h, out_w = output_size(height, width, options)
     fit = siren.fit_image(image, config_from(options), init=learned_init(options))
-    log.info("fitted", steps=fit.steps, psnr=round(fit.psnr, 2), seconds=round(fit.seconds, 2),
-             tiles=len(fit.layout.tiles))
+    log.info("fitted", solver=fit.config.solver, steps=fit.steps, psnr=round(fit.psnr, 2),
+             seconds=round(fit.seconds, 2), tiles=len(fit.layout.tiles))
     network = siren.to_onnx(fit, facts={"colour": "sRGB", "range": [0, 1],
                                         "input_size": [height, width]}).SerializeToString()
     session = context.transient_session("refit-siren", network)
     out = siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], fit.layout, out_h, out_w,
-                       pixels_per_unit=fit.config.pixels_per_unit)
+                       pixels_per_unit=fit.config.pixels_per_unit, shared=fit.model.shared)
     if options["save_network"]:
         context.add_output("network.onnx", network)
     for name in _outputs(options["outputs"]):
@@ -102,7 +113,7 @@ def derivatives(fit: Any, kind: str, out_h: int, out_w: int) -> np.ndarray:
                                  fit.config.pixels_per_unit)
         return values.unsqueeze(-1).detach().numpy()
 
-    return siren.render(run, fit.layout, out_h, out_w, chunk=1024,
+    return siren.render(run, fit.layout, out_h, out_w, points=1 << 14,
                         pixels_per_unit=fit.config.pixels_per_unit)
 
 
@@ -128,12 +139,11 @@ def _validate(options: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"outputs: unknown {', '.join(sorted(unknown))}; known: "
                          + ", ".join(OUTPUTS))
-    if 2 * options["overlap"] >= options["tile"]:
+    config = config_from(options)
+    if 2 * config.overlap >= config.tile:
         raise ValueError("overlap must be less than half of tile")
     if options["init"] == "learned":
-        from imgproc_plugins.siren import learned
-
-        wrong = learned.load(INIT_MODEL).mismatch(config_from(options))
+        wrong = learned_init(options).mismatch(config)
         if wrong:
             raise ValueError(f"init=learned was meta-learned for another network: {wrong}; "
                              "use init=random for other shapes")
@@ -145,27 +155,37 @@ PROCESSOR = Processor(
     process=refit,
     options=(
         *size_options(2.0, min_scale=0.01, max_scale=64.0),
-        Option("steps", int, 300, "most optimisation steps per image", min=1),
-        Option("target_psnr", float, 36.0, "stop once the fit reaches this PSNR (dB)", min=1.0),
-        Option("max_seconds", float, 0.0, "stop each fit after this long (0: no limit)",
+        Option("solver", str, "ridge", "ridge: the tiles share learned sine layers "
+               "(models/refit-basis.onnx) and each tile's output layer is solved in closed "
+               "form, one solve per image; adam: every layer of every tile trained by Adam "
+               "(the default until issue 18; models/refit-init.onnx)", choices=SOLVERS),
+        Option("steps", int, 300, "adam: most optimisation steps per image", min=1),
+        Option("target_psnr", float, 36.0, "adam: stop once the fit reaches this PSNR (dB)",
+               min=1.0),
+        Option("max_seconds", float, 0.0, "adam: stop each fit after this long (0: no limit)",
                min=0.0),
-        Option("hidden", int, 32, "hidden units of each tile network", min=1, max=1024),
+        Option("hidden", int, 32, "units of each tile network's sine layers but the last",
+               min=1, max=1024),
+        Option("features", int, None, "units of the last sine layer (default: the solver's "
+               "learned network's, ridge 256, adam 32)", min=1, max=4096),
         Option("depth", int, 3, "sine layers of each tile network", min=1, max=16),
         Option("omega0", float, 30.0, "SIREN frequency factor w0", min=0.1),
-        Option("init", str, "learned", "learned: every tile network starts from weights "
-               "meta-learned on photos (models/refit-init.onnx); random: SIREN's random "
-               "initialisation", choices=INITS),
-        Option("lr", float, 2e-3, "Adam learning rate", min=1e-7, max=1.0),
-        Option("sample", float, 0.5, "share of each tile's pixels one step fits, drawn "
+        Option("init", str, "learned", "learned: start from weights learned on photos "
+               "(the solver's model file); random: SIREN's random initialisation",
+               choices=INITS),
+        Option("ridge", float, None, "ridge: penalty per pixel on the output weights "
+               "(default: the one learned with the basis); larger is smoother", min=0.0),
+        Option("lr", float, 2e-3, "adam: learning rate", min=1e-7, max=1.0),
+        Option("sample", float, 0.5, "adam: share of each tile's pixels one step fits, drawn "
                "anew each step, until the fit is 3 dB from its target or a third of `steps` "
                "is done (1: all pixels)", min=0.01, max=1.0),
-        Option("warmup", int, 0, "steps over which the learning rate ramps up (0: none)",
-               min=0),
-        Option("decay", float, 0.0, "learning-rate factor reached at the last step, "
+        Option("warmup", int, 0, "adam: steps over which the learning rate ramps up "
+               "(0: none)", min=0),
+        Option("decay", float, 0.0, "adam: learning-rate factor reached at the last step, "
                "exponentially (0: constant rate)", min=0.0, max=1.0),
         Option("seed", int, 0, "weight initialisation seed (same seed, same output)"),
-        Option("tile", int, 32, "tile size in input pixels (one small network per tile)",
-               min=2),
+        Option("tile", int, None, "tile size in input pixels, one small network per tile "
+               "(default: the solver's learned network's, ridge 16, adam 32)", min=2),
         Option("overlap", int, 4, "pixels shared by neighbouring tiles", min=0),
         Option("pixels_per_unit", float, 64.0, "pixels per coordinate unit: with omega0, sets "
                "the frequency per pixel (the paper's 256-pixel images: 128)", min=1.0),
@@ -173,7 +193,7 @@ PROCESSOR = Processor(
         Option("outputs", str, "", "also write gradient and/or laplacian images "
                "(comma-separated)"),
     ),
-    models=(INIT_MODEL,),
+    models=(BASIS_MODEL, INIT_MODEL),
     validate=_validate,
 )
 
@@ -205,7 +225,8 @@ def render(network: Path, width: int | None, height: int | None, scale: float, o
                                {"width": width, "height": height, "scale": scale})
     session = open_session(data, name=network.name, provider=provider)
     pixels = siren.render(lambda c: session.run({siren.ONNX_INPUT: c})[0], layout, out_h, out_w,
-                          pixels_per_unit=config.pixels_per_unit)
+                          pixels_per_unit=config.pixels_per_unit,
+                          shared=config.solver == "ridge")
     write_image(output, Picture(np.clip(pixels, 0.0, 1.0)))
     click.echo(f"{output}: {out_w}x{out_h} from {network} ({session.provider})")
 

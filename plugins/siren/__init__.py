@@ -2,12 +2,14 @@
 
 One network over a large image is impractical (the research notes): instead the image is cut
 into overlapping tiles and each tile gets a small SIREN f(u, v) -> values; all tile networks are
-one batched model (weights [tiles, fan_in, fan_out]) trained full-batch in one optimiser.
-Coordinates are tile-local; pixel i covers [i, i + 1) and is sampled at its centre, so any
-output grid maps onto the same continuous image plane and scale 1 reproduces the input.
+one batched model (weights [tiles, fan_in, fan_out]), either trained together by Adam or (the
+ridge solver) sharing their sine layers, a learned basis, with each tile's linear output layer
+solved in closed form. Coordinates are tile-local; pixel i covers [i, i + 1) and is sampled at
+its centre, so any output grid maps onto the same continuous image plane and scale 1
+reproduces the input.
 
 The modules: `network` (settings, layout, the batched model), `fit` (fitting), `learned` (the
-meta-learned initialisation), `sampling` (rendering any output grid), `onnx_io` (the fitted
+learned initialisation and basis), `sampling` (rendering any output grid), `onnx_io` (the fitted
 network as an ONNX graph). refit and merge's method=siren use it; it needs PyTorch.
 """
 

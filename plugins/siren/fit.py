@@ -23,7 +23,7 @@ class Fit:
     model: TiledSiren
     layout: Layout
     config: SirenConfig
-    steps: int
+    steps: int  # Adam steps (0: the ridge solver's one solve)
     psnr: float
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # step, s, psnr
@@ -41,8 +41,12 @@ def pixel_coords(layout: Layout, pixels_per_unit: float) -> torch.Tensor:
 
 def tile_targets(values: np.ndarray, layout: Layout) -> torch.Tensor:
     """Return each tile's pixels [tiles, th*tw, channels] from an H x W x C array."""
-    return torch.stack([torch.from_numpy(np.ascontiguousarray(
-        values[y:y + h, x:x + w])).reshape(h * w, -1) for y, x, h, w in layout.tiles])
+    _, _, h, w = layout.tiles[0]  # every tile has the same size
+    windows = np.lib.stride_tricks.sliding_window_view(values, (h, w), axis=(0, 1))
+    ys, xs = (np.array([tile[i] for tile in layout.tiles]) for i in (0, 1))
+    picked = windows[ys, xs]  # [tiles, C, h, w]: one copy, no per-tile Python
+    return torch.from_numpy(np.ascontiguousarray(picked.transpose(0, 2, 3, 1))).reshape(
+        len(layout.tiles), h * w, -1)
 
 
 # loss(model, coords, out, tiles): `model` holds the networks of tiles[tiles] (a slice of the
@@ -65,36 +69,89 @@ def fit_image(image: np.ndarray, config: SirenConfig, *, loss: Objective | None 
               init: learned.LearnedInit | None = None) -> Fit:
     """Return a SIREN grid fitted to an H x W x C float image (MSE on its pixels by default).
 
-    The tile networks are independent, so a large image is fitted GROUP_TILES tiles at a time
-    (memory stays bounded; each group stops on its own). `loss`, when given, is minimised
-    instead of the MSE; the PSNR that stops a group is still measured against `image`
-    (gradient supervision for the merge plugin uses this). `init`, when given, is a learned
-    initialisation (`siren.learned`): every tile network starts from it instead of at random.
+    config.solver "ridge": one closed-form solve of every tile's output layer on the shared
+    sine layers (`solve_outputs`). "adam": the tile networks are independent, so a large
+    image is fitted GROUP_TILES tiles at a time (memory stays bounded; each group stops on its
+    own). `loss`, when given, is minimised instead of the MSE (Adam only); the PSNR that stops
+    a group is still measured against `image` (gradient supervision for the merge plugin uses
+    this). `init`, when given, is a learned initialisation (`siren.learned`): every tile
+    network (or the shared sine layers) starts from it instead of at random.
     """
-    if loss is not None and config.sample < 1:
-        raise ValueError("sample < 1 fits a share of the pixels: it needs the pixel loss")
+    if loss is not None and (config.sample < 1 or config.solver == "ridge"):
+        raise ValueError("sample < 1 and the ridge solver fit pixels: they need the pixel loss")
     layout = Layout.for_image(image.shape[0], image.shape[1], config.tile, config.overlap)
     model = TiledSiren(len(layout.tiles), channels=image.shape[2], config=config)
     coords = pixel_coords(layout, config.pixels_per_unit)
     target = tile_targets(image.astype(np.float32), layout)
-    objective = loss or (lambda m, c, out, tiles: torch.mean((out - target[tiles]) ** 2))
-    start, history, steps, squared = time.perf_counter(), [], 0, 0.0
+    start, history, steps = time.perf_counter(), [], 0
     with _threads(1 if target.shape[0] * target.shape[1] < SMALL_WORK else None):
-        for first in range(0, len(layout.tiles), GROUP_TILES):
-            tiles = slice(first, first + GROUP_TILES)
-            budget = config.max_seconds * len(range(*tiles.indices(len(layout.tiles)))) / len(
-                layout.tiles)
-            group = model.take(tiles)
+        if config.solver == "ridge":
             if init is not None:
-                learned.load_into(group, init)
-            history = _train(group, coords[tiles], target[tiles],
-                             functools.partial(_on_tiles, objective, tiles), config, budget)
-            model.put(tiles, group)
-            steps = max(steps, history[-1][0] if history else 0)
-            with torch.no_grad():
-                squared += float(torch.sum((group(coords[tiles]) - target[tiles]) ** 2))
+                learned.load_into(model, init)
+            squared = solve_outputs(model, coords[:1], target, ridge=config.ridge)
+            history = [(0, time.perf_counter() - start, _psnr(squared / target.numel()))]
+        else:
+            squared, history, steps = _fit_groups(model, coords, target, config, loss=loss,
+                                                  init=init)
     psnr = _psnr(squared / target.numel())
     return Fit(model, layout, config, steps, psnr, time.perf_counter() - start, history)
+
+
+def _fit_groups(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor,
+                config: SirenConfig, *, loss: Objective | None,
+                init: learned.LearnedInit | None) -> tuple[float, History, int]:
+    """Train the tile networks GROUP_TILES at a time with Adam; return the summed squared
+    error, the last group's history and the most steps a group took."""
+    objective = loss or (lambda m, c, out, tiles: torch.mean((out - target[tiles]) ** 2))
+    squared, history, steps, count = 0.0, [], 0, len(target)
+    for first in range(0, count, GROUP_TILES):
+        tiles = slice(first, first + GROUP_TILES)
+        budget = config.max_seconds * len(range(*tiles.indices(count))) / count
+        group = model.take(tiles)
+        if init is not None:
+            learned.load_into(group, init)
+        history = _train(group, coords[tiles], target[tiles],
+                         functools.partial(_on_tiles, objective, tiles), config, budget)
+        model.put(tiles, group)
+        steps = max(steps, history[-1][0] if history else 0)
+        with torch.no_grad():
+            squared += float(torch.sum((group(coords[tiles]) - target[tiles]) ** 2))
+    return squared, history, steps
+
+
+def solve_outputs(model: TiledSiren, coords: torch.Tensor, target: torch.Tensor, *,
+                  ridge: float) -> float:
+    """Set every tile's output layer to the ridge-regression solution on the shared sine
+    layers' features at `coords` [1, points, 2] for its pixels `target` [tiles, points, C];
+    return the summed squared error. The features are the same for every tile, so one
+    (features+1)^2 solve serves all of them: each tile then costs one small matrix product."""
+    with torch.no_grad():
+        features = with_ones(model.features(coords)[0])
+        solution = ridge_solution(features, ridge)  # [features + 1, points]
+        residual = torch.eye(len(features)) - features @ solution  # pixels -> fit error
+        squared, group = 0.0, GROUP_TILES * 16  # a tile costs little here: big products
+        for first in range(0, len(target), group):
+            part = target[first:first + group]
+            pixels = part.transpose(0, 1).reshape(part.shape[1], -1)  # [points, tiles * C]
+            weights = (solution @ pixels).reshape(-1, len(part), part.shape[2]).transpose(0, 1)
+            model.out_weight[first:first + group] = weights[:, :-1]
+            model.out_bias[first:first + group] = weights[:, -1:]
+            squared += float(torch.sum((residual @ pixels) ** 2))
+    return squared
+
+
+def with_ones(features: torch.Tensor) -> torch.Tensor:
+    """Return features [..., points, n] with a column of ones appended (the output bias)."""
+    return torch.cat([features, torch.ones(*features.shape[:-1], 1)], dim=-1)
+
+
+def ridge_solution(features: torch.Tensor, ridge: float | torch.Tensor) -> torch.Tensor:
+    """Return the matrix [n, points] that maps pixel values at the points to the ridge-
+    regression output weights on `features` [points, n] (from `with_ones`): penalty `ridge`
+    per point. Differentiable in both (the basis trainer learns through it)."""
+    wide = features.double()  # the normal equations square the condition number: float64
+    gram = wide.T @ wide + ridge * len(wide) * torch.eye(wide.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, wide.T).float()
 
 
 @contextmanager
