@@ -39,13 +39,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     sys.path.insert(0, str(HERE))
-    text = DOC.read_text() if DOC.exists() else HEADER
+    DOC.parent.mkdir(exist_ok=True)
     for name in names:
         section = importlib.import_module(name).run()
-        text = _replace(text, name, f"{section.rstrip()}\n\n_Machine: {_machine()}._\n")
+        # read just before writing: a benchmark runs for minutes, and the other sections of
+        # the page may have been edited (or rewritten by another run) meanwhile
+        text = DOC.read_text() if DOC.exists() else HEADER
+        DOC.write_text(_replace(text, name,
+                                f"{section.rstrip()}\n\n_Machine: {_machine()}._\n"))
         print(section)
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
 
 
 def _replace(text: str, name: str, section: str) -> str:
