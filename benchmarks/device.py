@@ -121,8 +121,7 @@ def device_run(out: Path, *, minutes: float, smoke: bool, train: bool = True
 
 
 def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
-    """Return the trainers to run: the shipped superres models from their weights, `best`
-    also grown to 13 blocks (about 1.13x its x4 time on 2 cores, measured), and colorize
+    """Return the trainers to run: the shipped superres models from their weights, and colorize
     afresh with the classification loss and a wide layer before its logits; big batches on
     the GPU (torch's: it may be usable where ONNX Runtime's is not), or a few steps on tiny
     generated data in the smoke run."""
@@ -133,12 +132,11 @@ def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
               "--amp"]  # bf16 autocast per forward pass (on the CPU too in the smoke run)
     sr = (["--patch", "8", "--batch", "2"] if smoke
           else ["--patch", "48", "--batch", "64", "--lr", "1e-4", "--data-threads", "3"])
-    variants = [("fast", [])] if smoke else [("best", []), ("best13", ["--blocks", "13"]),
-                                             ("fast", [])]
+    variants = [("fast", [])] if smoke else [("best", []), ("fast", [])]
     superres = [TrainJob(
         name=f"superres-{name}", unit="step", first=1 if smoke else 60,
         command=[sys.executable, "-m", "exporters.superres", "train",
-                 "--preset", name.removesuffix("13"), "--init", str(models), "--val-every",
+                 "--preset", name, "--init", str(models), "--val-every",
                  "500", "--ckpt-every", "100", *sr, *grow, *common])
         for name, grow in variants]
     col = (["--size", "16", "--batch", "2", "--train-limit", "4", "--class-hidden", "8"]
