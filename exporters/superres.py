@@ -23,9 +23,9 @@ from typing import Any
 import click
 import numpy as np
 import torch
+from torch import nn
 
 from exporters.datadir import DEFAULT_DATA, data_option, data_path
-from exporters.onnx_weights import load_exported_weights
 from exporters.superres_data import (
     ValSet,
     list_images,
@@ -102,21 +102,26 @@ class Trainer(TrainingRun):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         device = pick_device(cfg.device)
-        model = build_model(cfg.preset)
-        if cfg.init is not None and not (cfg.out / "last.pt").exists():  # else resume() loads
-            load_exported_weights(model, [cfg.init / f"{exported_name(cfg.preset, s)}.onnx"
-                                          for s in SCALES], prefix="net.")
-        if cfg.blocks is not None and cfg.blocks != model.preset.blocks:
-            model = grown(model, cfg.blocks)  # the shipped weights, new blocks as identities
+        init = [] if cfg.init is None else [cfg.init / f"{exported_name(cfg.preset, s)}.onnx"
+                                            for s in SCALES]
         self.best = -math.inf
         self.images: Sequence[np.ndarray] = ()
         self.val: ValSet = {}
         self.pool = ThreadPoolExecutor(cfg.data_threads) if cfg.data_threads > 1 else None
-        super().__init__(model.to(device), out=cfg.out, lr=cfg.lr,
+        super().__init__(build_model(cfg.preset).to(device), out=cfg.out, lr=cfg.lr,
                          schedule_steps=cfg.steps, device=device,
-                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg), amp=cfg.amp,
+                         rng=np.random.default_rng(cfg.seed), config=asdict(cfg), init=init,
+                         adapt=self.grow, amp=cfg.amp,
                          cadence=Cadence(total=cfg.steps, val_every=cfg.val_every,
                                          ckpt_every=cfg.ckpt_every, log_every=cfg.log_every))
+
+    def grow(self, model: nn.Module) -> nn.Module:
+        """Return model with its body grown to --blocks (the new blocks start as identities,
+        so the grown net computes what --init's model did), or model itself without --blocks."""
+        assert isinstance(model, MultiScaleSR)
+        if self.cfg.blocks is None or self.cfg.blocks == model.preset.blocks:
+            return model
+        return grown(model, self.cfg.blocks)
 
     @property
     def step(self) -> int:

@@ -129,12 +129,17 @@ def build_model(preset: str | Preset) -> MultiScaleSR:
 
 
 def checkpoint_arch(ck: dict[str, Any]) -> Preset:
-    """Return the architecture a checkpoint's weights are for: its `arch` (a grown net) or
-    its preset's."""
-    if "arch" in ck:
-        arch = dict(ck["arch"])
-        return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
-    return PRESETS[ck["preset"]]
+    """Return the architecture a checkpoint's weights are for (its `arch`: a grown net's body
+    is deeper than its preset's).
+
+    Raises ValueError for a checkpoint without one: it predates `arch` (2026-11-30), and its
+    preset's depth has changed since, so a guess could build the wrong net.
+    """
+    if "arch" not in ck:
+        raise ValueError(f"a {ck.get('preset', 'superres')!r} checkpoint from before "
+                         "architectures were stored: its depth is unknown")
+    arch = dict(ck["arch"])
+    return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
 
 
 def grown(model: MultiScaleSR, blocks: int) -> MultiScaleSR:

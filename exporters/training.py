@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,15 +93,19 @@ class TrainingRun(ABC):
     time), history, rng, config and the subclass's extra_state(); `history.jsonl` gets one row
     per validation: {<unit>, seconds, loss (mean over the units since the last row), ...}.
     `init` names exported ONNX files to start from when `out` holds no last.pt yet (their
-    initializers are `net.<state-dict name>`, as the export wrappers name them).
+    initializers are `net.<state-dict name>`, as the export wrappers name them). `adapt`, when
+    given, turns the model into the one the run trains, after `init` and before last.pt loads
+    (e.g. superres grows its body: a resumed run's last.pt has the adapted shape).
     """
 
     unit = "step"  # what train_unit() does once; names the counter in last.pt and in rows
 
     def __init__(self, model: nn.Module, *, out: Path, lr: float, schedule_steps: int,
                  cadence: Cadence, device: torch.device, rng: np.random.Generator,
-                 config: Any, init: Sequence[Path] = (), amp: bool = False) -> None:
-        self.model, self.device, self.rng, self.cadence = model, device, rng, cadence
+                 config: Any, init: Sequence[Path] = (),
+                 adapt: Callable[[nn.Module], nn.Module] | None = None,
+                 amp: bool = False) -> None:
+        self.device, self.rng, self.cadence = device, rng, cadence
         self.out, self.config, self.amp = out, config, amp
         if device.type == "cuda":  # fixed patch sizes: tune each convolution once
             torch.backends.cudnn.benchmark = True
@@ -109,7 +113,8 @@ class TrainingRun(ABC):
         if init and not self.last_path.exists():  # else resume() loads the run's own weights
             from exporters.onnx_weights import load_exported_weights  # onnx: only for --init
 
-            load_exported_weights(self.model, init, prefix="net.")
+            load_exported_weights(model, init, prefix="net.")
+        self.model = adapt(model) if adapt is not None else model
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: cosine_factor(step, schedule_steps))

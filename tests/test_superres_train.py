@@ -202,6 +202,33 @@ def test_a_grown_run_resumes_and_exports_its_depth(tmp_path: Path,
     assert "5 residual blocks" in superres_export.describe_architecture(model.preset, 2)
 
 
+@pytest.mark.export
+def test_a_grown_run_starts_at_the_exported_model(tmp_path: Path,
+                                                  image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+    torch.manual_seed(3)
+    shipped = superres_net.build_model("fast").eval()
+    for p in shipped.parameters():  # trained-like weights: every layer does something
+        torch.nn.init.normal_(p, std=0.05)
+    for scale in superres_net.SCALES:
+        superres_export.export_scale(shipped, preset="fast", scale=scale, step=1, metrics={},
+                                     out_dir=tmp_path / "shipped")
+    run = superres.Trainer(superres.TrainConfig(
+        out=tmp_path / "run", preset="fast", steps=0, device="cpu", train_dirs=[train_dir],
+        val_dir=val_dir, init=tmp_path / "shipped", blocks=4))
+    grown = run.model.eval()
+    assert grown.preset.blocks == 4
+    x = torch.rand(1, 3, 8, 10)
+    with torch.no_grad():
+        for scale in superres_net.SCALES:
+            torch.testing.assert_close(grown(x, scale), shipped(x, scale), rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_without_its_architecture_is_refused() -> None:
+    with pytest.raises(ValueError, match="'best' checkpoint from before architectures"):
+        superres_net.checkpoint_arch({"preset": "best", "model": {}})
+
+
 def test_continuing_from_a_folder_without_the_presets_models_names_the_file(
         tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"superres-best-x2\.onnx"):
