@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast for each forward pass (a GPU's tensor cores)
     seed: int = 0
     train_limit: int | None = None  # a fixed random subset of this many training images
-    train_dir: Path = DEFAULT_DATA / "color-train"
+    train_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_DATA / "color-train"])
     val_dir: Path = DEFAULT_DATA / "color-val"
     cache: Path = Path("runs/colorize-cache")
 
@@ -173,7 +173,8 @@ class Trainer(TrainingRun):
 def train(cfg: TrainConfig) -> Trainer:
     """Return the Trainer after training per cfg, resuming from cfg.out/last.pt when present."""
     torch.set_num_threads(cfg.threads)
-    train_images = load_folder(cfg.train_dir, cfg.short_side, cfg.cache)
+    train_images = [im for folder in cfg.train_dirs
+                    for im in load_folder(folder, cfg.short_side, cfg.cache)]
     if cfg.train_limit is not None:  # the same subset for every run, whatever its seed
         keep = np.random.default_rng(1234).permutation(len(train_images))[:cfg.train_limit]
         train_images = [train_images[i] for i in sorted(keep)]
@@ -223,9 +224,12 @@ def cli() -> None:
 @click.option("--init", type=EXISTING, help="Start from the weights of an exported colorize.onnx "
               "of the same network (fine-tuning).")
 @data_option
-def train_command(data: Path, **kwargs: Any) -> None:
+@click.option("--train-dir", "train_dirs", type=EXISTING, multiple=True,
+              help="Training image folders, JPEG or PNG (default: DATA/color-train); e.g. "
+              "DATA/color-train, DATA/sr-train/BSDS400 and DATA/sr-train/T91 for all colour data.")
+def train_command(data: Path, train_dirs: tuple[Path, ...], **kwargs: Any) -> None:
     """Train (or resume) one variant on DATA/color-train, validating on DATA/color-val."""
-    train(TrainConfig(train_dir=data_path(None, data, "color-train"),
+    train(TrainConfig(train_dirs=list(train_dirs) or [data_path(None, data, "color-train")],
                       val_dir=data_path(None, data, "color-val"), **kwargs))
 
 

@@ -27,10 +27,18 @@ def load_lab(path: Path, short_side: int) -> np.ndarray:
         return rgb_to_lab(np.asarray(img, dtype=np.float32) / 255.0).astype(np.float16)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Return the JPEG and PNG files in folder, sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_folder(folder: Path, short_side: int, cache: Path) -> list[np.ndarray]:
     """Return every image in folder as Lab at short_side, cached as an npz in cache (keyed by
     the files' paths, sizes and times)."""
-    paths = sorted(folder.glob("*.jpg"))
+    paths = image_files(folder)
     listing = "\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in paths)
     key = hashlib.sha256(listing.encode()).hexdigest()[:12]
     file = cache / f"{folder.name}-{short_side}-{key}.npz"

@@ -10,6 +10,7 @@ import click
 import numpy as np
 import torch
 
+from exporters.colorize_data import image_files
 from exporters.colorize_metrics import evaluate, load_val_rgb, torch_predictor
 from exporters.colorize_nets import (
     BIN_STEP,
@@ -22,8 +23,22 @@ from exporters.colorize_nets import (
 
 log = logging.getLogger(__name__)
 
-TRAINING_DATA = ("color-train (../shared/data/color-train): 1,741 ImageNet photographs, "
-                 "research use")
+# what the folders of ../shared/data are (its README), for the card; terms: research use
+KNOWN_DATA = {"color-train": "ImageNet photographs",
+              "BSDS400": "Berkeley BSDS500 train and test photographs",
+              "T91": "the T91 super-resolution images (Yang et al.)"}
+
+
+def describe_data(config: dict[str, Any]) -> str:
+    """Return the model card's training data: each folder a run trained on, its image count
+    (where it can still be read) and what it is."""
+    parts = []
+    for name in config["train_dirs"]:
+        folder = Path(name)
+        count = f"{len(image_files(folder)):,} images" if folder.is_dir() else "images"
+        what = KNOWN_DATA.get(folder.name)
+        parts.append(f"{folder.name} ({folder}): {count}" + (f", {what}" if what else ""))
+    return "; ".join(parts) + "; research use"
 
 
 def describe_architecture(cfg: NetConfig, n_bins: int) -> str:
@@ -74,7 +89,7 @@ def export_checkpoint(ckpt: Path, *, out_dir: Path, val_dir: Path, name: str = "
         summary="Chroma (Lab ab) of a grey photograph from its lightness at the working size.",
         architecture=describe_architecture(cfg, len(model.centres) if cfg.loss == "class"
                                            else 0),
-        training_data=TRAINING_DATA,
+        training_data=describe_data(config),
         training_steps=(f"{ck['epoch']} epochs ({steps:,} steps of batch {config['batch']}, "
                         f"{config['size']} px random crops of images resized to a "
                         f"{render} px short side, horizontal flips), Adam {config['lr']:g} "

@@ -276,7 +276,7 @@ def _config(tmp_path: Path, photos: Path, run: str = "run", **changes: object) -
     fields: dict[str, object] = {
         "out": tmp_path / run, "variant": "SRS", "loss": "mse", "width": WIDTH, "size": 16,
         "batch": 4, "epochs": 2, "eval_every": 1, "threads": 1, "device": "cpu", "seed": 0,
-        "train_dir": photos, "val_dir": photos, "cache": tmp_path / "cache",
+        "train_dirs": [photos], "val_dir": photos, "cache": tmp_path / "cache",
     }
     return TrainConfig(**(fields | changes))  # type: ignore[arg-type]
 
@@ -307,6 +307,24 @@ def test_the_image_cache_is_read_again_when_the_folder_changes(tmp_path: Path,
     second = colorize_data.load_folder(photos, 18, tmp_path / "cache")
     assert (len(first), len(second)) == (8, 9)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.export
+def test_every_training_folder_is_trained_on_and_named_on_the_card(tmp_path: Path,
+                                                                   photos: Path) -> None:
+    pngs = tmp_path / "T91"
+    pngs.mkdir()
+    for i in range(4):  # PNG too: T91 is PNG
+        Image.new("RGB", (72, 64), (40 * i, 200, 90)).save(pngs / f"t{i}.png")
+    (pngs / "notes.txt").write_text("not an image")
+    trainer = train(_config(tmp_path, photos, variant="FR", epochs=1, eval_every=5,
+                            train_dirs=[photos, pngs]))
+    assert trainer.steps_per_epoch == (8 + 4) // 4
+    result = colorize_export.export_checkpoint(tmp_path / "run" / "last.pt",
+                                               out_dir=tmp_path / "out", val_dir=photos)
+    data = json.loads(result.facts_path.read_text())["training_data"]
+    assert data == (f"photos ({photos}): 8 images; T91 ({pngs}): 4 images, the T91 "
+                    "super-resolution images (Yang et al.); research use")
 
 
 def test_fewer_images_than_a_batch_is_an_error(tmp_path: Path, photos: Path) -> None:
@@ -366,8 +384,8 @@ def test_the_commands_find_their_data_under_data(tmp_path: Path, photos: Path,
     result = CliRunner().invoke(colorize.cli, train_args)
     assert result.exit_code == 0, result.output
     config = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["config"]
-    assert (config["train_dir"], config["val_dir"]) == (str(data / "color-train"),
-                                                        str(data / "color-val"))
+    assert (config["train_dirs"], config["val_dir"]) == ([str(data / "color-train")],
+                                                         str(data / "color-val"))
     ckpt = str(tmp_path / "run" / "last.pt")
     result = CliRunner().invoke(colorize.cli, ["evaluate", "--ckpt", ckpt, "--data", str(data)])
     assert result.exit_code == 0 and "color-val (8 images)" in result.output, result.output
