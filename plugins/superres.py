@@ -7,7 +7,7 @@
 
 Two model sizes ship, each as `models/superres-<model>-x{2,3,4}.onnx` exported from the preset of
 that name in `exporters.superres` (training data, steps and McMaster18 figures are in their model
-cards): `best` (the default, a 13-block residual net of 48 channels) and `fast` (2 blocks of 16
+cards): `best` (the default, a 16-block residual net of 48 channels) and `fast` (2 blocks of 16
 channels, about a twentieth of the time, and quicker than OpenCV's ESPCN at x4). A factor
 that is not 2, 3 or 4 runs the nearest model scale at or above it (x4 above 4)
 and then resizes to the exact size with Lanczos, as Real-ESRGAN's `--outscale` does. A factor of
@@ -108,7 +108,7 @@ PROCESSOR = Processor(
     process=superres,
     options=(
         *size_options(4.0, min_scale=1.0, max_scale=16.0),
-        Option("model", str, "best", "best: the 13-block net (quality); fast: the 2-block net, "
+        Option("model", str, "best", "best: the 16-block net (quality); fast: the 2-block net, "
                "about 20x faster (docs/benchmarks.md)", choices=MODEL_SIZES),
         Option("ensemble", bool, False, "average the model over the 8 flips/rotations of the "
                "input (geometric self-ensemble): a little sharper, 8x the time"),
