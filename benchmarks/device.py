@@ -132,13 +132,13 @@ def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
               "--amp"]  # bf16 autocast per forward pass (on the CPU too in the smoke run)
     sr = (["--patch", "8", "--batch", "2"] if smoke
           else ["--patch", "48", "--batch", "64", "--lr", "1e-4", "--data-threads", "3"])
-    variants = [("fast", [])] if smoke else [("best", []), ("fast", [])]
+    presets = ["fast"] if smoke else ["best", "fast"]
     superres = [TrainJob(
         name=f"superres-{name}", unit="step", first=1 if smoke else 60,
         command=[sys.executable, "-m", "exporters.superres", "train",
                  "--preset", name, "--init", str(models), "--val-every",
-                 "500", "--ckpt-every", "100", *sr, *grow, *common])
-        for name, grow in variants]
+                 "500", "--ckpt-every", "100", *sr, *common])
+        for name in presets]
     col = (["--size", "16", "--batch", "2", "--train-limit", "4", "--class-hidden", "8"]
            if smoke else ["--size", "64", "--batch", "128", "--class-hidden", "128"])
     colorize = TrainJob(

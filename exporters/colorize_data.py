@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from exporters.colorize_nets import FC_SIZE
+from exporters.datadir import list_images
 from imgproc_plugins.lab import lab_to_rgb, rgb_to_lab
 
 
@@ -27,18 +28,10 @@ def load_lab(path: Path, short_side: int) -> np.ndarray:
         return rgb_to_lab(np.asarray(img, dtype=np.float32) / 255.0).astype(np.float16)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Return the JPEG and PNG files in folder, sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_folder(folder: Path, short_side: int, cache: Path) -> list[np.ndarray]:
     """Return every image in folder as Lab at short_side, cached as an npz in cache (keyed by
     the files' paths, sizes and times)."""
-    paths = image_files(folder)
+    paths = list_images([folder])
     listing = "\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in paths)
     key = hashlib.sha256(listing.encode()).hexdigest()[:12]
     file = cache / f"{folder.name}-{short_side}-{key}.npz"

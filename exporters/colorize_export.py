@@ -10,7 +10,6 @@ import click
 import numpy as np
 import torch
 
-from exporters.colorize_data import image_files
 from exporters.colorize_metrics import evaluate, load_val_rgb, torch_predictor
 from exporters.colorize_nets import (
     BIN_STEP,
@@ -20,6 +19,7 @@ from exporters.colorize_nets import (
     NetConfig,
     load_trained,
 )
+from exporters.datadir import list_images
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def describe_data(config: dict[str, Any]) -> str:
     parts = []
     for name in config["train_dirs"]:
         folder = Path(name)
-        count = f"{len(image_files(folder)):,} images" if folder.is_dir() else "images"
+        count = f"{len(list_images([folder])):,} images" if folder.is_dir() else "images"
         what = KNOWN_DATA.get(folder.name)
         parts.append(f"{folder.name} ({folder}): {count}" + (f", {what}" if what else ""))
     return "; ".join(parts) + "; research use"

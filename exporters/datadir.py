@@ -7,13 +7,14 @@ repository root); it is an option, not a path worked out from `__file__`, so it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
 DEFAULT_DATA = Path("../shared/data")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -30,3 +31,8 @@ def data_path(given: Path | None, data: Path, *parts: str) -> Path:
     if not path.exists():
         raise click.BadParameter(f"{path} does not exist (set --data DIR, or name the folder)")
     return path
+
+
+def list_images(dirs: Iterable[Path]) -> list[Path]:
+    """Return the image files under dirs (recursive), sorted."""
+    return sorted(p for d in dirs for p in Path(d).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

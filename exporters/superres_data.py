@@ -4,7 +4,7 @@ antialiased bicubic)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from exporters.datadir import list_images
 from exporters.superres_net import SCALES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 ValSet = dict[int, list[tuple[np.ndarray, np.ndarray]]]  # scale -> [(HR, LR)] uint8 pairs
 
 
@@ -29,11 +29,6 @@ def make_lr(hr_pil: Image.Image, scale: int) -> Image.Image:
     w, h = hr_pil.size
     w, h = w - w % scale, h - h % scale
     return hr_pil.crop((0, 0, w, h)).resize((w // scale, h // scale), Image.BICUBIC)
-
-
-def list_images(dirs: Iterable[Path]) -> list[Path]:
-    """Return the image files under dirs (recursive), sorted."""
-    return sorted(p for d in dirs for p in Path(d).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_rgb(path: Path) -> np.ndarray:
