@@ -56,6 +56,7 @@ from exporters.superres_net import (
     checkpoint_arch,
     exported_name,
     grown,
+    load_trained,
     per_scale_counts,
 )
 from exporters.training import Cadence, TrainingRun, count_parameters, pick_device, save_atomic
@@ -84,6 +85,7 @@ class TrainConfig:
     threads: int = 1
     data_threads: int = 1  # threads making the LR patches of a batch (a GPU outruns one)
     amp: bool = False  # bf16 autocast for each forward pass (a GPU's tensor cores)
+    ema: float = 0.0  # decay of the weight average validated and kept (0: the weights)
     device: str = "auto"
     seed: int = 0
     train_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_DATA.joinpath(*TRAIN_DATA)])
@@ -111,7 +113,7 @@ class Trainer(TrainingRun):
         super().__init__(build_model(cfg.preset).to(device), out=cfg.out, lr=cfg.lr,
                          schedule_steps=cfg.steps, device=device,
                          rng=np.random.default_rng(cfg.seed), config=asdict(cfg), init=init,
-                         adapt=self.grow, amp=cfg.amp,
+                         adapt=self.grow, amp=cfg.amp, ema=cfg.ema,
                          cadence=Cadence(total=cfg.steps, val_every=cfg.val_every,
                                          ckpt_every=cfg.ckpt_every, log_every=cfg.log_every))
 
@@ -159,11 +161,12 @@ class Trainer(TrainingRun):
 
     def validate(self, loss: float) -> dict[str, Any]:
         """Return PSNR-Y/SSIM-Y per scale on the validation set; write best.pt if improved."""
-        m = evaluate(self.val, lambda lr, s: super_resolve(self.model, lr, s, self.device))
+        net = self.evaluated
+        m = evaluate(self.val, lambda lr, s: super_resolve(net, lr, s, self.device))
         score = float(np.mean([m[f"psnr_x{s}"] for s in SCALES]))
         if score > self.best:
             self.best = score
-            save_atomic({"model": self.model.state_dict(), "preset": self.cfg.preset,
+            save_atomic({"model": net.state_dict(), "preset": self.cfg.preset,
                          "arch": asdict(self.model.preset), "step": self.done, "metrics": m},
                         self.out / "best.pt")
         return m
@@ -192,14 +195,6 @@ def train(cfg: TrainConfig) -> Trainer:
     return trainer
 
 
-def load_trained(ckpt: Path, device: torch.device) -> MultiScaleSR:
-    """Return the model stored in a last.pt or best.pt checkpoint, in eval mode."""
-    ck = torch.load(ckpt, map_location=device, weights_only=False)
-    model = build_model(checkpoint_arch(ck)).to(device)
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
 EXISTING = click.Path(path_type=Path, exists=True)
 
 
@@ -225,6 +220,9 @@ def cli() -> None:
               help="Threads making each batch's LR patches (the batch is the same for any).")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--amp/--no-amp", default=False, help="bf16 autocast for each forward pass.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Validate, keep and export an exponential moving average of the weights "
+              "with this decay (e.g. 0.999); 0: the weights themselves.")
 @click.option("--seed", type=int, default=0)
 @data_option
 @click.option("--train-dir", "train_dirs", type=EXISTING, multiple=True,

@@ -11,9 +11,8 @@ import torch
 from exporters.superres_net import (
     MultiScaleSR,
     Preset,
-    build_model,
-    checkpoint_arch,
     exported_name,
+    load_trained,
     single_scale,
 )
 
@@ -43,9 +42,7 @@ def describe_architecture(preset: Preset, scale: int) -> str:
 def checkpoint_facts(ckpt: Path) -> tuple[MultiScaleSR, str, int]:
     """Return (model in eval mode on the CPU, preset name, training step) of a checkpoint."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = build_model(checkpoint_arch(ck))
-    model.load_state_dict(ck["model"])
-    return model.eval(), ck["preset"], int(ck["step"])
+    return load_trained(ckpt, torch.device("cpu")), ck["preset"], int(ck["step"])
 
 
 def scale_metrics(model_m: dict[str, float], bicubic_m: dict[str, float], scale: int,
@@ -83,6 +80,9 @@ def describe_training(step: int, config: dict[str, Any] | None, note: str = "") 
             line += f" that started from the exported models in {config['init']}"
             if config.get("blocks"):
                 line += f", the body grown to {config['blocks']} blocks (new ones as identities)"
+        if config.get("ema"):
+            line += (f"; the weights exported are their exponential moving average (decay "
+                     f"{config['ema']:g})")
     return line + (f". {note}" if note else "")
 
 

@@ -143,6 +143,15 @@ def checkpoint_arch(ck: dict[str, Any]) -> Preset:
     return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
 
 
+def load_trained(ckpt: Any, device: torch.device) -> MultiScaleSR:
+    """Return the network a last.pt or best.pt checkpoint keeps, in eval mode: a last.pt's
+    weight average when its run kept one (`--ema`, what the run validated), else its weights."""
+    ck = torch.load(ckpt, map_location=device, weights_only=False)
+    model = build_model(checkpoint_arch(ck)).to(device)
+    model.load_state_dict(ck.get("ema", ck["model"]))
+    return model.eval()
+
+
 def grown(model: MultiScaleSR, blocks: int) -> MultiScaleSR:
     """Return a copy of model with `blocks` residual blocks: its own, then new plain ones before
     the body conv, each starting as the identity (its second conv zeroed), so the grown net

@@ -9,6 +9,7 @@ optimiser step for superres, one epoch for colorize), what a validation row hold
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -96,6 +97,11 @@ class TrainingRun(ABC):
     initializers are `net.<state-dict name>`, as the export wrappers name them). `adapt`, when
     given, turns the model into the one the run trains, after `init` and before last.pt loads
     (e.g. superres grows its body: a resumed run's last.pt has the adapted shape).
+
+    `ema` > 0 keeps an exponential moving average of the weights (after each optimiser step,
+    average = ema * average + (1 - ema) * weights), stored in last.pt as `ema`; `evaluated` is
+    the network a trainer validates and keeps: the average, or the model itself without `ema`.
+    A run resumed with `ema` from a last.pt without one starts its average at the weights.
     """
 
     unit = "step"  # what train_unit() does once; names the counter in last.pt and in rows
@@ -104,8 +110,10 @@ class TrainingRun(ABC):
                  cadence: Cadence, device: torch.device, rng: np.random.Generator,
                  config: Any, init: Sequence[Path] = (),
                  adapt: Callable[[nn.Module], nn.Module] | None = None,
-                 amp: bool = False) -> None:
-        self.device, self.rng, self.cadence = device, rng, cadence
+                 amp: bool = False, ema: float = 0.0) -> None:
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema is a decay in [0, 1), not {ema}")
+        self.device, self.rng, self.cadence, self.ema = device, rng, cadence, ema
         self.out, self.config, self.amp = out, config, amp
         if device.type == "cuda":  # fixed patch sizes: tune each convolution once
             torch.backends.cudnn.benchmark = True
@@ -115,6 +123,8 @@ class TrainingRun(ABC):
 
             load_exported_weights(model, init, prefix="net.")
         self.model = adapt(model) if adapt is not None else model
+        self.average = (copy.deepcopy(self.model).eval().requires_grad_(False) if ema
+                        else None)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: cosine_factor(step, schedule_steps))
@@ -168,8 +178,16 @@ class TrainingRun(ABC):
         self.sched.load_state_dict(ck["scheduler"])
         self.done, self.seconds, self.history = ck[self.unit], ck["seconds"], ck["history"]
         restore_rng(ck["rng"], self.rng)
+        if self.average is not None:  # a run that just turned --ema on: at the weights
+            self.average.load_state_dict(ck.get("ema", ck["model"]))
         self.restore(ck)
         return self.done
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """Return the network to validate and keep: the weight average with `ema`, else the
+        model."""
+        return self.model if self.average is None else self.average
 
     def checkpoint(self) -> None:
         """Write last.pt atomically."""
@@ -177,6 +195,7 @@ class TrainingRun(ABC):
                      "scheduler": self.sched.state_dict(), self.unit: self.done,
                      "seconds": self.seconds, "history": self.history,
                      "rng": rng_states(self.rng), **self.extra_state(),
+                     **({} if self.average is None else {"ema": self.average.state_dict()}),
                      "config": json.loads(json.dumps(self.config, default=str))},
                     self.last_path)
 
@@ -193,6 +212,14 @@ class TrainingRun(ABC):
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.average is not None:
+            with torch.no_grad():
+                averaged = self.average.state_dict()
+                for name, value in self.model.state_dict().items():
+                    if value.is_floating_point():
+                        averaged[name].lerp_(value, 1.0 - self.ema)
+                    else:
+                        averaged[name].copy_(value)
         return float(loss.detach())
 
     def run(self) -> None:

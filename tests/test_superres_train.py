@@ -203,6 +203,24 @@ def test_a_grown_run_resumes_and_exports_its_depth(tmp_path: Path,
     assert "5 residual blocks" in superres_export.describe_architecture(model.preset, 2)
 
 
+def test_an_ema_run_validates_keeps_and_exports_the_average(tmp_path: Path,
+                                                          image_dirs: tuple[Path, Path]) -> None:
+    train_dir, val_dir = image_dirs
+    trainer = superres.train(superres.TrainConfig(
+        out=tmp_path / "run", preset="fast", steps=3, batch=2, patch=12, val_every=3,
+        ckpt_every=3, threads=1, device="cpu", train_dirs=[train_dir], val_dir=val_dir,
+        ema=0.5))
+    averaged, trained = trainer.evaluated.state_dict(), trainer.model.state_dict()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+    for name in ("best.pt", "last.pt"):  # best.pt holds the average; last.pt holds both
+        loaded = superres_net.load_trained(tmp_path / "run" / name, torch.device("cpu"))
+        for key, value in loaded.state_dict().items():
+            torch.testing.assert_close(value, averaged[key], rtol=0, atol=0)
+    line = superres_export.describe_training(3, superres_export.run_config(
+        tmp_path / "run" / "best.pt"))
+    assert "exponential moving average (decay 0.5)" in line
+
+
 @pytest.mark.export
 def test_a_grown_run_starts_at_the_exported_model(tmp_path: Path,
                                                   image_dirs: tuple[Path, Path]) -> None:

@@ -20,13 +20,15 @@ class ToyRun(TrainingRun):
     """A linear model on random inputs; can request a stop after a unit or cut one short."""
 
     def __init__(self, out: Path, cadence: Cadence, *, stop_after: int | None = None,
-                 cut_at: int | None = None, sigterm_after: int | None = None) -> None:
+                 cut_at: int | None = None, sigterm_after: int | None = None,
+                 ema: float = 0.0) -> None:
         self.stop_after, self.cut_at, self.sigterm_after = stop_after, cut_at, sigterm_after
         self.modes: list[bool] = []
         torch.manual_seed(0)
         super().__init__(torch.nn.Linear(2, 1), out=out, lr=0.1, schedule_steps=cadence.total,
                          cadence=cadence, device=torch.device("cpu"),
-                         rng=np.random.default_rng(0), config={"total": cadence.total})
+                         rng=np.random.default_rng(0), config={"total": cadence.total},
+                         ema=ema)
 
     def train_unit(self) -> float | None:
         if self.done == self.cut_at:
@@ -62,17 +64,49 @@ def test_rows_and_checkpoints_follow_the_cadence(tmp_path: Path) -> None:
                                "rng", "config"}
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
-    ToyRun(tmp_path / "a", Cadence(total=4, val_every=1), stop_after=2).run()
-    resumed = ToyRun(tmp_path / "a", Cadence(total=4, val_every=1))
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path,
+                                                            ema: float) -> None:
+    ToyRun(tmp_path / "a", Cadence(total=4, val_every=1), stop_after=2, ema=ema).run()
+    resumed = ToyRun(tmp_path / "a", Cadence(total=4, val_every=1), ema=ema)
     assert resumed.start == 2
     resumed.run()
-    straight = ToyRun(tmp_path / "b", Cadence(total=4, val_every=1))
+    straight = ToyRun(tmp_path / "b", Cadence(total=4, val_every=1), ema=ema)
     straight.run()
     assert [row["step"] for row in resumed.history] == [1, 2, 3, 4]
     assert [row["loss"] for row in resumed.history] == [row["loss"] for row in straight.history]
-    for name, tensor in straight.model.state_dict().items():  # weights, data order, schedule
-        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
+    for net in ("model", "evaluated"):  # weights (and their average), data order, schedule
+        for name, tensor in getattr(straight, net).state_dict().items():
+            torch.testing.assert_close(getattr(resumed, net).state_dict()[name], tensor,
+                                       rtol=0, atol=0)
+
+
+def test_ema_averages_the_weights_after_each_step(tmp_path: Path) -> None:
+    plain = ToyRun(tmp_path / "plain", Cadence(total=3, val_every=3))
+    weights = [plain.model.weight.detach().clone()]
+    for _ in range(3):
+        plain.done += plain.train_unit() is not None
+        weights.append(plain.model.weight.detach().clone())
+    run = ToyRun(tmp_path / "ema", Cadence(total=3, val_every=3), ema=0.75)
+    run.run()
+    expected = weights[0]
+    for w in weights[1:]:
+        expected = 0.75 * expected + 0.25 * w
+    torch.testing.assert_close(run.model.weight, weights[-1], rtol=0, atol=0)  # same training
+    torch.testing.assert_close(run.evaluated.weight, expected)
+    assert not run.evaluated.training and not run.evaluated.weight.requires_grad
+    torch.testing.assert_close(_last(tmp_path / "ema")["ema"]["weight"], expected)
+    assert plain.evaluated is plain.model
+
+
+def test_a_run_resumed_with_ema_starts_its_average_at_the_weights(tmp_path: Path) -> None:
+    ToyRun(tmp_path, Cadence(total=4, val_every=2), stop_after=2).run()
+    resumed = ToyRun(tmp_path, Cadence(total=4, val_every=2), ema=0.9)
+    assert "ema" not in _last(tmp_path)
+    before = resumed.model.weight.detach().clone()
+    torch.testing.assert_close(resumed.evaluated.weight, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ema is a decay"):
+        ToyRun(tmp_path / "bad", Cadence(total=1, val_every=1), ema=1.0)
 
 
 def test_a_stop_between_checkpoints_keeps_the_completed_units(tmp_path: Path) -> None:
