@@ -137,7 +137,7 @@ def jobs(work: Path, *, smoke: bool) -> list[TrainJob]:
         name=f"superres-{name}", unit="step", first=1 if smoke else 60,
         command=[sys.executable, "-m", "exporters.superres", "train",
                  "--preset", name, "--init", str(models), "--val-every",
-                 "500", "--ckpt-every", "100", *sr, *common])
+                 "500", "--ckpt-every", "100", "--ema", "0.999", *sr, *common])
         for name in presets]
     col = (["--size", "16", "--batch", "2", "--train-limit", "4", "--class-hidden", "8"]
            if smoke else ["--size", "64", "--batch", "128", "--class-hidden", "128"])
