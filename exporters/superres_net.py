@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -143,7 +144,7 @@ def checkpoint_arch(ck: dict[str, Any]) -> Preset:
     return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
 
 
-def load_trained(ckpt: Any, device: torch.device) -> MultiScaleSR:
+def load_trained(ckpt: Path, device: torch.device) -> MultiScaleSR:
     """Return the network a last.pt or best.pt checkpoint keeps, in eval mode: a last.pt's
     weight average when its run kept one (`--ema`, what the run validated), else its weights."""
     ck = torch.load(ckpt, map_location=device, weights_only=False)
