@@ -12,8 +12,8 @@ from exporters.superres_net import (
     MultiScaleSR,
     Preset,
     exported_name,
-    load_trained,
     single_scale,
+    trained_model,
 )
 
 EXPORT_EXAMPLE = (32, 40)  # example LR size (H, W); parity also runs on the sizes below
@@ -42,7 +42,7 @@ def describe_architecture(preset: Preset, scale: int) -> str:
 def checkpoint_facts(ckpt: Path) -> tuple[MultiScaleSR, str, int]:
     """Return (model in eval mode on the CPU, preset name, training step) of a checkpoint."""
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return load_trained(ckpt, torch.device("cpu")), ck["preset"], int(ck["step"])
+    return trained_model(ck, torch.device("cpu")), ck["preset"], int(ck["step"])
 
 
 def scale_metrics(model_m: dict[str, float], bicubic_m: dict[str, float], scale: int,

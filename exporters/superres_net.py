@@ -144,13 +144,17 @@ def checkpoint_arch(ck: dict[str, Any]) -> Preset:
     return Preset(**{**arch, "dilated": tuple(arch["dilated"])})
 
 
-def load_trained(ckpt: Path, device: torch.device) -> MultiScaleSR:
-    """Return the network a last.pt or best.pt checkpoint keeps, in eval mode: a last.pt's
-    weight average when its run kept one (`--ema`, what the run validated), else its weights."""
-    ck = torch.load(ckpt, map_location=device, weights_only=False)
+def trained_model(ck: dict[str, Any], device: torch.device) -> MultiScaleSR:
+    """Return the network a loaded last.pt or best.pt keeps, in eval mode: a last.pt's weight
+    average when its run kept one (`--ema`, what the run validated), else its weights."""
     model = build_model(checkpoint_arch(ck)).to(device)
     model.load_state_dict(ck.get("ema", ck["model"]))
     return model.eval()
+
+
+def load_trained(ckpt: Path, device: torch.device) -> MultiScaleSR:
+    """Return the network the checkpoint file keeps (see trained_model), in eval mode."""
+    return trained_model(torch.load(ckpt, map_location=device, weights_only=False), device)
 
 
 def grown(model: MultiScaleSR, blocks: int) -> MultiScaleSR:

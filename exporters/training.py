@@ -125,6 +125,14 @@ class TrainingRun(ABC):
         self.model = adapt(model) if adapt is not None else model
         self.average = (copy.deepcopy(self.model).eval().requires_grad_(False) if ema
                         else None)
+        # the (average, model) tensors, paired once (loading a state dict copies in place):
+        # floating-point ones are averaged, the others (integer buffers) copied
+        pairs = ([] if self.average is None else
+                 list(zip(self.average.state_dict().values(),
+                          self.model.state_dict().values(), strict=True)))
+        self._averaged = [[a for a, _ in pairs if a.is_floating_point()],
+                          [w for a, w in pairs if a.is_floating_point()]]
+        self._copied = [(a, w) for a, w in pairs if not a.is_floating_point()]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: cosine_factor(step, schedule_steps))
@@ -214,12 +222,9 @@ class TrainingRun(ABC):
         self.sched.step()
         if self.average is not None:
             with torch.no_grad():
-                averaged = self.average.state_dict()
-                for name, value in self.model.state_dict().items():
-                    if value.is_floating_point():
-                        averaged[name].lerp_(value, 1.0 - self.ema)
-                    else:
-                        averaged[name].copy_(value)
+                torch._foreach_lerp_(*self._averaged, 1.0 - self.ema)  # as torch.optim does
+                for average, weight in self._copied:
+                    average.copy_(weight)
         return float(loss.detach())
 
     def run(self) -> None:
